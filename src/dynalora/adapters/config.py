@@ -1,0 +1,119 @@
+"""Adapter configurations as dataclasses: validated on creation, saved as JSON.
+
+Each method has its own config class (`LoraConfig` here; dynamic LoRA and Rank-1 Sum LoRA
+extend it in `dynalora.allocation`). A class registers itself under its `method` name so a
+saved config comes back as the class it was written from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+CONFIG_CLASSES: dict[str, type[LoraConfig]] = {}
+
+# Default targets per architecture (the attention query and value projections, as in the
+# LoRA paper), used when `target_modules` is not given.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"],
+    "opt": ["q_proj", "v_proj"],
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value out of range; the message names the field."""
+
+
+def check(condition: bool, field_name: str, message: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}={value!r}: {message}")
+
+
+@dataclass
+class LoraConfig:
+    """Plain LoRA: `h = W0 x + s * B A x` on the chosen modules.
+
+    target_modules: a list of module names (a module matches when its full name equals an
+        entry or ends with "." + entry), a regex string matched against the full name, or
+        "all-linear". None picks the architecture's default (query/value projections).
+    modules_to_save: modules trained in full and saved with the adapter (e.g. the
+        classification head), matched like target_modules.
+    rank_pattern / alpha_pattern: per-layer overrides, keys matched like target_modules.
+    """
+
+    method: ClassVar[str] = "lora"
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | None = None
+    modules_to_save: list[str] | None = None
+    use_rslora: bool = False
+    init: str = "kaiming"
+    gating: str = "none"
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        CONFIG_CLASSES[cls.method] = cls
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.r, int) and self.r > 0, "r", "must be a positive integer", self.r)
+        check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
+        check(self.init in ("kaiming", "gaussian"), "init", "must be 'kaiming' or 'gaussian'", self.init)
+        check(self.gating in ("none", "scalar", "input"), "gating", "must be 'none', 'scalar' or 'input'", self.gating)
+        for key, r in self.rank_pattern.items():
+            check(isinstance(r, int) and r >= 0, f"rank_pattern[{key!r}]", "must be an integer >= 0", r)
+        for key, a in self.alpha_pattern.items():
+            check(a > 0, f"alpha_pattern[{key!r}]", "must be > 0", a)
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+
+    def scaling_for(self, r: int, alpha: float | None = None) -> float:
+        """alpha/r (or rsLoRA's alpha/sqrt(r)); fixed per adapter at creation."""
+        alpha = self.alpha if alpha is None else alpha
+        if r == 0:
+            return 0.0
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    def replace(self, **changes: Any) -> LoraConfig:
+        return dataclasses.replace(self, **changes)
+
+
+CONFIG_CLASSES["lora"] = LoraConfig
+
+
+def config_from_dict(data: dict[str, Any]) -> LoraConfig:
+    """Rebuild a config saved by `to_dict()`; unknown keys are an error naming them."""
+    data = dict(data)
+    method = data.pop("method", "lora")
+    if method not in CONFIG_CLASSES:
+        # The dynamic/rank1 configs live in dynalora.allocation; importing registers them.
+        import dynalora.allocation  # noqa: F401
+    if method not in CONFIG_CLASSES:
+        raise ConfigError(f"method={method!r}: unknown; known methods: {sorted(CONFIG_CLASSES)}")
+    cls = CONFIG_CLASSES[method]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown field(s) for {cls.__name__}: {unknown}")
+    return cls(**data)

@@ -1,0 +1,137 @@
+"""Finding modules by name and swapping them for LoRA layers."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from dynalora.adapters.config import DEFAULT_TARGETS, LoraConfig
+from dynalora.adapters.layer import SUPPORTED_BASE_TYPES, LoraAdapter, LoraLayer, base_shape
+
+# Output heads are never adapted by "all-linear": they are trained in full or left alone.
+HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "pooler")
+
+
+class TargetError(ValueError):
+    """A target or module name that matches nothing in the model."""
+
+
+def name_matches(name: str, pattern: list[str] | str) -> bool:
+    """List entries match the full name or a dotted suffix; a string is a full regex."""
+    if isinstance(pattern, str):
+        return re.fullmatch(pattern, name) is not None
+    return any(name == p or name.endswith("." + p) for p in pattern)
+
+
+def pattern_value(name: str, patterns: dict[str, object], default: object) -> object:
+    """The value of the first pattern key that matches `name` (suffix or regex), else default."""
+    for key, value in patterns.items():
+        if name == key or name.endswith("." + key) or re.fullmatch(key, name):
+            return value
+    return default
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Names of adaptable layers: linear ones, and ones already wrapped (not their insides)."""
+    inside = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    return [
+        n for n, m in model.named_modules()
+        if isinstance(m, (*SUPPORTED_BASE_TYPES, LoraLayer)) and not any(n.startswith(w + ".") for w in inside)
+    ]
+
+
+def _short_names(names: list[str]) -> list[str]:
+    """Module names without their layer index prefix, for readable error messages."""
+    shorts = {re.sub(r"^.*?\.\d+\.", "", n) for n in names}
+    return sorted(shorts)
+
+
+def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Full names of the modules to adapt, or a TargetError listing the ones that exist."""
+    targets = config.target_modules
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGETS:
+            raise TargetError(
+                f"no default target modules for model type {model_type!r}; pass target_modules "
+                f"(one of these names, a regex, or 'all-linear'): {_short_names(linear_module_names(model))}"
+            )
+        targets = DEFAULT_TARGETS[model_type]
+    linear = linear_module_names(model)
+    if targets == "all-linear":
+        chosen = [n for n in linear if n.split(".")[-1] not in HEAD_NAMES and not any(
+            part in HEAD_NAMES for part in n.split("."))]
+    else:
+        chosen = [n for n in linear if name_matches(n, targets)]
+        if isinstance(targets, list):
+            missing = [t for t in targets if not any(name_matches(n, [t]) for n in linear)]
+            if missing:
+                raise TargetError(
+                    f"target module(s) {missing} match no linear layer in {type(model).__name__}; "
+                    f"linear layers are named: {_short_names(linear)}"
+                )
+    if config.exclude_modules:
+        chosen = [n for n in chosen if not name_matches(n, config.exclude_modules)]
+    if not chosen:
+        raise TargetError(
+            f"target_modules={targets!r} matches no linear layer in {type(model).__name__}; "
+            f"linear layers are named: {_short_names(linear)}"
+        )
+    return chosen
+
+
+def resolve_modules_to_save(model: nn.Module, patterns: list[str] | None) -> list[str]:
+    """Full names of the modules trained in full; a pattern matching nothing is an error."""
+    if not patterns:
+        return []
+    names = [n for n, _ in model.named_modules() if n]
+    chosen = [n for n in names if name_matches(n, patterns)]
+    # Keep only the outermost match (saving `classifier` covers `classifier.dense`).
+    chosen = [n for n in chosen if not any(n.startswith(c + ".") for c in chosen if c != n)]
+    missing = [p for p in patterns if not any(name_matches(n, [p]) for n in names)]
+    if missing:
+        top = sorted({n.split(".")[0] for n in names} | {n for n in names if n.count(".") == 1})
+        raise TargetError(f"modules_to_save {missing} match no module; top-level modules: {top}")
+    return chosen
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def inject_adapters(model: nn.Module, config: LoraConfig, adapter_name: str = "default",
+                    ranks: dict[str, int] | None = None,
+                    scalings: dict[str, float] | None = None) -> dict[str, LoraLayer]:
+    """Add adapter `adapter_name` to every target module, wrapping it in a LoraLayer if needed.
+
+    `ranks` / `scalings` (from a saved adapter) override what the config would choose.
+    Returns the LoRA layers by full module name. Does not change which parameters train.
+    """
+    layers: dict[str, LoraLayer] = {}
+    for name in resolve_targets(model, config):
+        module = model.get_submodule(name)
+        if not isinstance(module, LoraLayer):
+            module = LoraLayer(module)
+            _set_submodule(model, name, module)
+        r = ranks[name] if ranks and name in ranks else int(pattern_value(name, config.rank_pattern, config.r))
+        if scalings and name in scalings:
+            scaling = scalings[name]
+        else:
+            alpha = float(pattern_value(name, config.alpha_pattern, config.alpha))
+            scaling = config.scaling_for(int(pattern_value(name, config.rank_pattern, config.r)), alpha)
+        out_f, in_f = base_shape(module.base)
+        adapter = LoraAdapter(in_f, out_f, r, scaling, config.dropout, config.init, config.gating)
+        adapter.to(dtype=module.base.weight.dtype if module.base.weight.is_floating_point() else None)
+        module.add_adapter(adapter_name, adapter)
+        layers[name] = module
+    return layers
+
+
+def remove_layers(model: nn.Module) -> None:
+    """Put the base modules back in place of every LoraLayer (merging nothing)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            _set_submodule(model, name, module.base)

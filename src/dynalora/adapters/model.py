@@ -1,0 +1,354 @@
+"""`DynaLoraModel`: a thin wrapper that owns the adapters of a transformers model.
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    lora = get_lora_model(model, LoraConfig(r=8, modules_to_save=["classifier"]))
+    ...train...
+    lora.save_pretrained("out/")                       # our format (safetensors + JSON)
+    lora.export_peft("out-peft/")                      # Hugging Face PEFT's format
+    lora = DynaLoraModel.from_pretrained(base, "out/")  # back again
+    lora.save_merged("merged/")                        # plain transformers checkpoint
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynalora.adapters.config import LoraConfig, config_from_dict
+from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
+from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row
+from dynalora.files import (
+    AdapterFileError,
+    atomic_dir,
+    find_weights,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
+
+CONFIG_FILE = "dynalora_config.json"
+WEIGHTS_FILE = "dynalora_adapter"  # .safetensors
+FORMAT = "dynalora-adapter"
+FORMAT_VERSION = 1
+
+
+class DynaLoraModel(nn.Module):
+    """A transformers model with LoRA adapters injected; calls pass through to the model."""
+
+    def __init__(self, model: nn.Module, config: LoraConfig, adapter_name: str = "default",
+                 ranks: dict[str, int] | None = None, scalings: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self.base_model = model
+        self.configs: dict[str, LoraConfig] = {}
+        self._active: list[str] = []
+        self.modules_to_save: list[str] = []
+        self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
+
+    # -- passing through --------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.base_model, name)
+
+    # -- adapters ---------------------------------------------------------------------------
+    def add_adapter(self, name: str, config: LoraConfig, ranks: dict[str, int] | None = None,
+                    scalings: dict[str, float] | None = None) -> None:
+        """Inject adapter `name`; base weights freeze, the adapter and modules_to_save train."""
+        if name in self.configs:
+            raise ValueError(f"an adapter named {name!r} already exists")
+        inject_adapters(self.base_model, config, name, ranks=ranks, scalings=scalings)
+        self.configs[name] = config
+        saved = resolve_modules_to_save(self.base_model, config.modules_to_save)
+        self.modules_to_save = sorted(set(self.modules_to_save) | set(saved))
+        self.set_adapter(name)
+        self.set_trainable(name)
+
+    def set_trainable(self, name: str | None = None) -> None:
+        """Only adapter `name` (default: the active one) and the modules_to_save train."""
+        name = name or self.active_adapter
+        for p in self.base_model.parameters():
+            p.requires_grad_(False)
+        for adapter in self.adapter_modules(name).values():
+            for p in adapter.parameters():
+                p.requires_grad_(True)
+        for module_name in self.modules_to_save:
+            for p in self.base_model.get_submodule(module_name).parameters():
+                p.requires_grad_(True)
+
+    def lora_layers(self) -> dict[str, LoraLayer]:
+        return {n: m for n, m in self.base_model.named_modules() if isinstance(m, LoraLayer)}
+
+    def adapter_modules(self, name: str | None = None) -> dict[str, LoraAdapter]:
+        """Adapter `name` (default: the active one) in each layer it touches, by layer name."""
+        name = name or self.active_adapter
+        return {n: layer.adapters[name] for n, layer in self.lora_layers().items() if name in layer.adapters}
+
+    @property
+    def active_adapter(self) -> str:
+        active = self.active_adapters
+        if len(active) != 1:
+            raise RuntimeError(f"{len(active)} adapters are active ({active}); name one")
+        return active[0]
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active)
+
+    def set_adapter(self, names: str | list[str], weights: list[float] | None = None) -> None:
+        """Activate one adapter, or several summed with `weights` (ranks may differ)."""
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.configs]
+        if unknown:
+            raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}")
+        if weights is not None and len(weights) != len(names):
+            raise ValueError(f"{len(weights)} weights for {len(names)} adapters")
+        for layer in self.lora_layers().values():
+            if layer.merged:
+                raise RuntimeError("unmerge() before switching adapters")
+            layer.active = [n for n in names if n in layer.adapters]
+            layer.mix = dict(zip(names, weights)) if weights is not None else {}
+        self._active = names
+
+    def delete_adapter(self, name: str) -> None:
+        if name not in self.configs:
+            raise KeyError(f"unknown adapter {name!r}; loaded: {sorted(self.configs)}")
+        for layer in self.lora_layers().values():
+            if name in layer.merged:
+                raise RuntimeError("unmerge() before deleting a merged adapter")
+            if name in layer.adapters:
+                del layer.adapters[name]
+            layer.active = [n for n in layer.active if n != name]
+        del self.configs[name]
+        self._active = [n for n in self._active if n != name]
+
+    @contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Run the base model alone inside the block."""
+        layers = list(self.lora_layers().values())
+        if any(layer.merged for layer in layers):
+            raise RuntimeError("unmerge() before disabling adapters")
+        for layer in layers:
+            layer.disabled = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.disabled = False
+
+    @contextmanager
+    def per_row_adapters(self, names: list[str | None]) -> Iterator[None]:
+        """Row i of the batch goes through adapter `names[i]` (None: the base model)."""
+        unknown = sorted({n for n in names if n is not None} - set(self.configs))
+        if unknown:
+            raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}")
+        with per_row(list(self.lora_layers().values()), names):
+            yield
+
+    # -- counting ---------------------------------------------------------------------------
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts; total counts the base model and adapters."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def ranks(self, name: str | None = None) -> dict[str, int]:
+        return {n: a.r for n, a in self.adapter_modules(name).items()}
+
+    # -- merging ----------------------------------------------------------------------------
+    def merge(self) -> None:
+        """Fold the active adapters into the base weights (zero added latency)."""
+        layers = list(self.lora_layers().values())
+        for layer in layers:  # check everything before changing anything
+            for name in layer.active:
+                if not layer.adapters[name].mergeable:
+                    raise RuntimeError(
+                        f"adapter {name!r} uses input-conditional gates (gating='input'): its update "
+                        "depends on the input, so it cannot be merged into the base weights"
+                    )
+        for layer in layers:
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.lora_layers().values():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge the active adapters and return the plain base model (the wrapper is spent)."""
+        self.merge()
+        remove_layers(self.base_model)
+        return self.base_model
+
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base model's own state dict with the active adapters folded in."""
+        self.merge()
+        try:
+            state = {}
+            for key, value in self.base_model.state_dict().items():
+                if ".adapters." in key:
+                    continue
+                state[key.replace(".base.", ".")] = value.detach().clone()
+            return state
+        finally:
+            self.unmerge()
+
+    def save_merged(self, path: str | Path) -> None:
+        """A plain transformers checkpoint: loads with `AutoModel...from_pretrained`, no dynalora."""
+        state = self.merged_state_dict()
+        with atomic_dir(path) as tmp:
+            self.base_model.save_pretrained(tmp, state_dict=state)
+            tokenizer = getattr(self, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+    # -- saving and loading (our format) ----------------------------------------------------
+    def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
+        name = name or self.active_adapter
+        state = {}
+        for layer_name, adapter in self.adapter_modules(name).items():
+            for key, value in adapter.state_dict().items():
+                state[f"{layer_name}.{key}"] = value
+        for module_name in self.modules_to_save:
+            for key, value in self.base_model.get_submodule(module_name).state_dict().items():
+                state[f"modules_to_save.{module_name}.{key}"] = value
+        return state
+
+    def save_pretrained(self, path: str | Path, adapter_name: str | None = None,
+                        metadata: dict[str, Any] | None = None) -> None:
+        """Write `dynalora_config.json` and `dynalora_adapter.safetensors`, atomically."""
+        name = adapter_name or self.active_adapter
+        layers = {
+            n: {"r": a.r, "scaling": a.scaling, "weight": float(a.weight), "in": a.in_features,
+                "out": a.out_features}
+            for n, a in self.adapter_modules(name).items()
+        }
+        document = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "base_model": getattr(self.base_model, "name_or_path", None) or None,
+            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
+            "config": self.configs[name].to_dict(),
+            "layers": layers,
+            "modules_to_save": self.modules_to_save,
+            "metadata": metadata or {},
+        }
+        with atomic_dir(path) as tmp:
+            save_tensors(tmp / f"{WEIGHTS_FILE}.safetensors", self.adapter_state_dict(name),
+                         metadata={"format": FORMAT})
+            write_json(tmp / CONFIG_FILE, document)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
+                        is_trainable: bool = False, allow_pickle: bool = False) -> DynaLoraModel:
+        """Load an adapter saved by `save_pretrained` onto `model` (its base)."""
+        document, state = read_adapter(path, allow_pickle)
+        config = config_from_dict(document["config"])
+        ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
+        scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
+        check_layers_exist(model, ranks, document)
+        config = config.replace(target_modules=sorted(ranks), exclude_modules=None)
+        wrapper = cls(model, config, adapter_name, ranks=ranks, scalings=scalings)
+        wrapper.metadata = document.get("metadata", {})
+        wrapper.load_state(adapter_name, state, document)
+        if not is_trainable:
+            for p in wrapper.parameters():
+                p.requires_grad_(False)
+        return wrapper
+
+    def load_adapter(self, path: str | Path, adapter_name: str, allow_pickle: bool = False) -> None:
+        """Load another saved adapter beside the ones present (multi-adapter serving)."""
+        document, state = read_adapter(path, allow_pickle)
+        config = config_from_dict(document["config"])
+        ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
+        scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
+        check_layers_exist(self.base_model, ranks, document)
+        active = self.active_adapters
+        self.add_adapter(adapter_name, config.replace(target_modules=sorted(ranks), exclude_modules=None),
+                         ranks=ranks, scalings=scalings)
+        self.load_state(adapter_name, state, document)
+        self.set_adapter(active)
+
+    def load_state(self, name: str, state: dict[str, torch.Tensor], document: dict[str, Any]) -> None:
+        """Copy saved tensors in, checking every name and shape against this model."""
+        base = document.get("base_model")
+        expected = dict(self.adapter_state_dict(name))
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise AdapterFileError(
+                f"adapter file does not fit this model (saved for base {base!r}): "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        for key, target in expected.items():
+            if tuple(state[key].shape) != tuple(target.shape):
+                raise AdapterFileError(
+                    f"shape mismatch for {key}: file has {tuple(state[key].shape)}, this model needs "
+                    f"{tuple(target.shape)}; the adapter was saved for base {base!r}, a different "
+                    "architecture or size than this model"
+                )
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(state[key].to(target.dtype))
+
+    # -- Hugging Face PEFT's format -----------------------------------------------------------
+    def export_peft(self, path: str | Path, adapter_name: str | None = None,
+                    fold_scaling: bool = False) -> None:
+        """Write `adapter_config.json` + `adapter_model.safetensors` that PEFT loads."""
+        from dynalora.adapters.peft_format import export_peft
+
+        export_peft(self, path, adapter_name or self.active_adapter, fold_scaling)
+
+    @classmethod
+    def from_peft(cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
+                  is_trainable: bool = False, allow_pickle: bool = False) -> DynaLoraModel:
+        """Load an adapter saved by Hugging Face PEFT (LoRA) onto `model`."""
+        from dynalora.adapters.peft_format import import_peft
+
+        return import_peft(cls, model, path, adapter_name, is_trainable, allow_pickle)
+
+
+def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Our JSON document and tensors from an adapter folder, with clear errors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFileError(f"adapter folder not found: {path}")
+    if not (path / CONFIG_FILE).is_file() and (path / "adapter_config.json").is_file():
+        raise AdapterFileError(
+            f"{path} holds a Hugging Face PEFT adapter; load it with DynaLoraModel.from_peft()"
+        )
+    document = read_json(path / CONFIG_FILE, "adapter config")
+    if document.get("format") != FORMAT:
+        raise AdapterFileError(f"{path / CONFIG_FILE}: not a dynalora adapter config")
+    if document.get("version", 0) > FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{path}: adapter format version {document['version']} is newer than this dynalora "
+            f"reads ({FORMAT_VERSION}); upgrade dynalora"
+        )
+    state = load_tensors(find_weights(path, WEIGHTS_FILE), allow_pickle)
+    return document, state
+
+
+def check_layers_exist(model: nn.Module, ranks: dict[str, int], document: dict[str, Any]) -> None:
+    names = {n for n, _ in model.named_modules()}
+    absent = sorted(n for n in ranks if n not in names)
+    if absent:
+        raise AdapterFileError(
+            f"the adapter adapts {len(absent)} module(s) this model does not have, e.g. "
+            f"{absent[:3]}; it was saved for base {document.get('base_model')!r} "
+            f"({document.get('model_type')}), this model is {type(model).__name__}"
+        )
+
+
+def get_lora_model(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> DynaLoraModel:
+    """Inject `config`'s adapters into `model` (in place) and return the wrapper."""
+    return DynaLoraModel(model, config, adapter_name)

@@ -1,0 +1,213 @@
+"""Hugging Face PEFT's LoRA file format, out and in.
+
+PEFT computes each layer's scaling as `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA), with
+per-layer overrides in `rank_pattern` / `alpha_pattern`. Our layers carry a fixed scaling `s`,
+an allocation weight `w` and optional gates `g`; on export `g` folds into `lora_B` and `s * w`
+into the layer's alpha, written to `alpha_pattern` where it differs from the global value.
+
+Some servers read only `r` and `lora_alpha` and ignore the patterns. `fold_scaling=True`
+writes a file for them: every layer zero-padded to the largest rank (zero components change
+nothing), `s * w` folded into `lora_B`, and `lora_alpha = r`, so every scaling is exactly 1.
+Layers of rank 0 are not adapted, so they are left out of the export.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from dynalora.adapters.config import LoraConfig
+from dynalora.files import (
+    AdapterFileError,
+    atomic_dir,
+    find_weights,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from dynalora.adapters.model import DynaLoraModel
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model"  # .safetensors
+PREFIX = "base_model.model."
+
+TASK_TYPES = {
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForCausalLM": "CAUSAL_LM",
+    "ForTokenClassification": "TOKEN_CLS",
+    "ForQuestionAnswering": "QUESTION_ANS",
+}
+
+
+def task_type_of(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    return next((t for suffix, t in TASK_TYPES.items() if name.endswith(suffix)), None)
+
+
+def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fold_scaling: bool) -> None:
+    config = wrapper.configs[adapter_name]
+    adapters = {n: a for n, a in wrapper.adapter_modules(adapter_name).items() if a.r > 0}
+    if not adapters:
+        raise ValueError("every layer of this adapter has rank 0: there is nothing to export")
+    for name, adapter in adapters.items():
+        if not adapter.mergeable:
+            raise ValueError(
+                f"{name}: input-conditional gates have no equivalent in PEFT's LoRA; "
+                "this adapter cannot be exported"
+            )
+    tensors: dict[str, torch.Tensor] = {}
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    # Each layer's PEFT alpha: the one that reproduces our scaling s * w at its rank.
+    root = (lambda r: r**0.5) if config.use_rslora else (lambda r: r)
+    layer_alpha = {n: a.scaling * float(a.weight) * root(a.r) for n, a in adapters.items()}
+    if fold_scaling:
+        r = max(a.r for a in adapters.values())
+        alpha = float(r)
+    else:  # the most common rank and alpha go global; the rest into the patterns
+        r = Counter(a.r for a in adapters.values()).most_common(1)[0][0]
+        alpha = Counter(round(v, 6) for v in layer_alpha.values()).most_common(1)[0][0]
+    with torch.no_grad():
+        for name, a in adapters.items():
+            A = a.lora_A.detach().float()
+            B = a.lora_B.detach().float()
+            if a.gate is not None:
+                B = B * a.gate.detach().float()
+            if fold_scaling:
+                B = B * (a.scaling * float(a.weight))
+                A = torch.cat([A, A.new_zeros(r - a.r, A.shape[1])])
+                B = torch.cat([B, B.new_zeros(B.shape[0], r - a.r)], dim=1)
+            else:
+                if a.r != r:
+                    rank_pattern[name] = a.r
+                if not _close(layer_alpha[name], alpha):
+                    alpha_pattern[name] = layer_alpha[name]
+            tensors[f"{PREFIX}{name}.lora_A.weight"] = A.to(a.lora_A.dtype)
+            tensors[f"{PREFIX}{name}.lora_B.weight"] = B.to(a.lora_B.dtype)
+    for module_name in wrapper.modules_to_save:
+        for key, value in wrapper.base_model.get_submodule(module_name).state_dict().items():
+            tensors[f"{PREFIX}{module_name}.{key}"] = value
+    fan_in_fan_out = any(isinstance(wrapper.base_model.get_submodule(n).base, Conv1D) for n in adapters)
+    document = {
+        "peft_type": "LORA",
+        "task_type": task_type_of(wrapper.base_model),
+        "base_model_name_or_path": getattr(wrapper.base_model, "name_or_path", None) or None,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": config.dropout,
+        "use_rslora": bool(config.use_rslora and not fold_scaling),
+        "target_modules": sorted(adapters),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "modules_to_save": list(wrapper.modules_to_save) or None,
+        "fan_in_fan_out": fan_in_fan_out,
+        "bias": "none",
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "use_dora": False,
+        "lora_bias": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "exported_by": "dynalora",
+    }
+    with atomic_dir(path) as tmp:
+        save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt"})
+        write_json(tmp / PEFT_CONFIG, document)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
+
+
+def _pattern_value(name: str, patterns: dict[str, Any], default: Any) -> Any:
+    """PEFT's rule: a key matches when the module name ends with it as a regex."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "lora_bias": "LoRA bias terms",
+    "layer_replication": "layer replication",
+    "trainable_token_indices": "trainable tokens",
+}
+
+
+def import_peft(cls: type[DynaLoraModel], model: nn.Module, path: str | Path, adapter_name: str,
+                is_trainable: bool, allow_pickle: bool) -> DynaLoraModel:
+    path = Path(path)
+    document = read_json(path / PEFT_CONFIG, "PEFT adapter config")
+    if document.get("peft_type") != "LORA":
+        raise AdapterFileError(
+            f"{path}: PEFT type {document.get('peft_type')!r} is not supported; only LORA adapters import"
+        )
+    for key, what in UNSUPPORTED.items():
+        if document.get(key):
+            raise AdapterFileError(f"{path}: this adapter uses {what} ({key}), which dynalora does not support")
+    state = load_tensors(find_weights(path, PEFT_WEIGHTS), allow_pickle)
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    extra: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        bare = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        match = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", bare)
+        if match:
+            lora.setdefault(match.group(1), {})[match.group(2)] = value
+        elif "lora_embedding" in bare or "lora_magnitude" in bare:
+            raise AdapterFileError(f"{path}: tensor {key} is of a LoRA variant dynalora does not support")
+        else:
+            extra[bare] = value
+    if not lora:
+        raise AdapterFileError(f"{path}: no lora_A/lora_B tensors found")
+    modules = {n for n, _ in model.named_modules()}
+    absent = sorted(n for n in lora if n not in modules)
+    if absent:
+        raise AdapterFileError(
+            f"{path}: the adapter adapts module(s) this {type(model).__name__} does not have, "
+            f"e.g. {absent[:3]} (base: {document.get('base_model_name_or_path')!r})"
+        )
+    rslora = bool(document.get("use_rslora"))
+    ranks, scalings = {}, {}
+    for name, pair in lora.items():
+        if set(pair) != {"A", "B"}:
+            raise AdapterFileError(f"{path}: {name} has lora_{next(iter(pair))} without its partner")
+        r = pair["A"].shape[0]
+        alpha = float(_pattern_value(name, document.get("alpha_pattern") or {}, document["lora_alpha"]))
+        ranks[name] = r
+        scalings[name] = alpha / (r**0.5 if rslora else r)
+    config = LoraConfig(
+        r=int(document.get("r", 8)),
+        alpha=float(document.get("lora_alpha", 8)),
+        dropout=float(document.get("lora_dropout") or 0.0),
+        target_modules=sorted(lora),
+        modules_to_save=None,
+        use_rslora=rslora,
+    )
+    wrapper = cls(model, config, adapter_name, ranks=ranks, scalings=scalings)
+    # PEFT's modules_to_save tensors are named after the module: put them into the base model.
+    saved_modules = sorted({k.rsplit(".", 1)[0] for k in extra})
+    wrapper.modules_to_save = saved_modules
+    wrapper.configs[adapter_name] = config.replace(modules_to_save=saved_modules or None)
+    ours = {}
+    for name, pair in lora.items():
+        ours[f"{name}.lora_A"] = pair["A"]
+        ours[f"{name}.lora_B"] = pair["B"]
+        ours[f"{name}.weight"] = torch.ones(())
+    for key, value in extra.items():
+        ours[f"modules_to_save.{key}"] = value
+    wrapper.load_state(adapter_name, ours, {"base_model": document.get("base_model_name_or_path")})
+    wrapper.set_trainable(adapter_name)
+    if not is_trainable:
+        for p in wrapper.parameters():
+            p.requires_grad_(False)
+    return wrapper
