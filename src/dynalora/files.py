@@ -21,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Temporary files and folders are created private (0600 / 0700); what we publish is readable.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 class AdapterFileError(ValueError):
@@ -35,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    tmp.chmod(FILE_MODE)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -45,25 +48,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder under a temporary name; on success swap it in for `path` whole.
+    """Build a folder under a temporary name; on success move it into place as `path`.
 
-    Files already in `path` that the new folder does not replace are kept (a run folder may
-    hold logs beside the adapter); the swap is per file, each an atomic rename.
+    A new folder appears whole, in one rename. Into an existing folder the files move one by
+    one (each an atomic rename), and files the new folder does not replace are kept: a run
+    folder may hold logs beside the adapter.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(DIR_MODE)
     try:
         yield tmp
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.replace(tmp, path)
+            return
         for item in tmp.iterdir():
             target = path / item.name
-            if item.is_dir():
-                if target.exists():
-                    shutil.rmtree(target)
-                os.replace(item, target)
-            else:
-                os.replace(item, target)
+            if item.is_dir() and target.exists():
+                shutil.rmtree(target)
+            os.replace(item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +43,22 @@ def check(condition: bool, field_name: str, message: str, value: Any) -> None:
         raise ConfigError(f"{field_name}={value!r}: {message}")
 
 
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real number (YAML reads "1e-4" as a string: that is caught here, not in a comparison)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_regex(pattern: str, field_name: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{field_name}={pattern!r}: not a valid regular expression ({err})") from None
+
+
 @dataclass
 class LoraConfig:
     """Plain LoRA: `h = W0 x + s * B A x` on the chosen modules.
@@ -51,7 +68,8 @@ class LoraConfig:
         "all-linear". None picks the architecture's default (query/value projections).
     modules_to_save: modules trained in full and saved with the adapter (e.g. the
         classification head), matched like target_modules.
-    rank_pattern / alpha_pattern: per-layer overrides, keys matched like target_modules.
+    rank_pattern / alpha_pattern: per-layer overrides; as in PEFT, a key is a regex matched
+        against the full module name or a dotted suffix of it.
     """
 
     method: ClassVar[str] = "lora"
@@ -73,23 +91,32 @@ class LoraConfig:
         CONFIG_CLASSES[cls.method] = cls
 
     def __post_init__(self) -> None:
-        check(isinstance(self.r, int) and self.r > 0, "r", "must be a positive integer", self.r)
-        check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
-        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
+        check(is_int(self.r) and self.r > 0, "r", "must be a positive integer", self.r)
+        check(is_number(self.alpha) and self.alpha > 0, "alpha", "must be a number > 0", self.alpha)
+        check(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "must be a number in [0, 1)", self.dropout)
         check(self.init in ("kaiming", "gaussian"), "init", "must be 'kaiming' or 'gaussian'", self.init)
         check(self.gating in ("none", "scalar", "input"), "gating", "must be 'none', 'scalar' or 'input'", self.gating)
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            check_regex(self.target_modules, "target_modules")
+        for name in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self, name):
+                check_regex(key, f"{name} key")
         for key, r in self.rank_pattern.items():
-            check(isinstance(r, int) and r >= 0, f"rank_pattern[{key!r}]", "must be an integer >= 0", r)
+            check(is_int(r) and r >= 0, f"rank_pattern[{key!r}]", "must be an integer >= 0", r)
         for key, a in self.alpha_pattern.items():
-            check(a > 0, f"alpha_pattern[{key!r}]", "must be > 0", a)
+            check(is_number(a) and a > 0, f"alpha_pattern[{key!r}]", "must be a number > 0", a)
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
 
     def scaling_for(self, r: int, alpha: float | None = None) -> float:
-        """alpha/r (or rsLoRA's alpha/sqrt(r)); fixed per adapter at creation."""
+        """alpha/r (or rsLoRA's alpha/sqrt(r)); fixed per adapter at creation.
+
+        A layer created with rank 0 adds nothing, but dynamic allocation may grow it later:
+        it gets the scaling of the global rank `self.r`, so grown components count like the
+        others' instead of being multiplied by 0 forever.
+        """
         alpha = self.alpha if alpha is None else alpha
-        if r == 0:
-            return 0.0
+        r = r if r > 0 else self.r
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
     def to_dict(self) -> dict[str, Any]:

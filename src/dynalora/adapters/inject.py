@@ -25,9 +25,14 @@ def name_matches(name: str, pattern: list[str] | str) -> bool:
 
 
 def pattern_value(name: str, patterns: dict[str, object], default: object) -> object:
-    """The value of the first pattern key that matches `name` (suffix or regex), else default."""
+    """The value of the first key that matches `name`, else `default`.
+
+    PEFT's rule for rank_pattern / alpha_pattern, so a config means the same in both: the key
+    is a regex that must match the whole name or a dotted suffix of it ("query" matches
+    "bert.encoder.layer.0.attention.self.query", and so does "layer\\.0\\..*query").
+    """
     for key, value in patterns.items():
-        if name == key or name.endswith("." + key) or re.fullmatch(key, name):
+        if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
 
@@ -47,6 +52,13 @@ def _short_names(names: list[str]) -> list[str]:
     return sorted(shorts)
 
 
+def _output_layer_names(model: nn.Module) -> list[str]:
+    """The module the model uses as its output embedding (an LM head under any name)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return [n for n, m in model.named_modules() if head is not None and m is head]
+
+
 def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     """Full names of the modules to adapt, or a TargetError listing the ones that exist."""
     targets = config.target_modules
@@ -60,8 +72,8 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
         targets = DEFAULT_TARGETS[model_type]
     linear = linear_module_names(model)
     if targets == "all-linear":
-        chosen = [n for n in linear if n.split(".")[-1] not in HEAD_NAMES and not any(
-            part in HEAD_NAMES for part in n.split("."))]
+        heads = set(_output_layer_names(model))
+        chosen = [n for n in linear if n not in heads and not set(n.split(".")) & set(HEAD_NAMES)]
     else:
         chosen = [n for n in linear if name_matches(n, targets)]
         if isinstance(targets, list):
@@ -130,8 +142,9 @@ def inject_adapters(model: nn.Module, config: LoraConfig, adapter_name: str = "d
     return layers
 
 
-def remove_layers(model: nn.Module) -> None:
-    """Put the base modules back in place of every LoraLayer (merging nothing)."""
+def remove_layers(model: nn.Module, empty_only: bool = False) -> None:
+    """Put the base modules back in place of every LoraLayer (merging nothing), or only of
+    those that hold no adapter any more."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, LoraLayer) and not (empty_only and len(module.adapters)):
             _set_submodule(model, name, module.base)

@@ -75,14 +75,16 @@ class LoraAdapter(nn.Module):
         self.register_buffer("weight", torch.ones(()))
 
     def new_A_rows(self, n: int, like: torch.Tensor | None = None) -> torch.Tensor:
-        """Fresh rows of A: Kaiming-uniform (a=sqrt(5), as nn.Linear) or Gaussian N(0, 1/r)."""
+        """`n` fresh rows of A: Kaiming-uniform (a=sqrt(5), as nn.Linear and PEFT) or Gaussian
+        with std 1/n (PEFT's 1/r). To grow to rank r, ask for r rows and keep the ones you need,
+        so that new rows get std 1/r like the rest."""
         dtype = like.dtype if like is not None else torch.get_default_dtype()
         device = like.device if like is not None else None
         rows = torch.empty(n, self.in_features, dtype=dtype, device=device)
         if n == 0:
             return rows
         if self.init == "gaussian":
-            nn.init.normal_(rows, std=1.0 / max(n, 1))
+            nn.init.normal_(rows, std=1.0 / n)
         else:
             nn.init.kaiming_uniform_(rows, a=math.sqrt(5))
         return rows
@@ -137,6 +139,15 @@ class LoraLayer(nn.Module):
         self.row_adapters: list[str | None] | None = None  # adapter name per batch row, see per_row()
         self.disabled = False
 
+    # Model code sometimes reads `proj.weight` (its dtype, device or shape): show the base's.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, name: str, adapter: LoraAdapter, activate: bool = True) -> None:
         if (adapter.in_features, adapter.out_features) != (self.in_features, self.out_features):
@@ -190,36 +201,43 @@ class LoraLayer(nn.Module):
         return delta
 
     # -- merge ------------------------------------------------------------------------------
-    def _apply_delta(self, delta: torch.Tensor, sign: float) -> None:
-        w = self.base.weight
-        if isinstance(self.base, Conv1D):
-            delta = delta.T  # Conv1D stores the weight as in x out
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """Adapter `name`'s update (with its mixing weight) laid out like `base.weight`."""
+        delta = self.adapters[name].delta_weight() * self.mix.get(name, 1.0)
+        return delta.T if isinstance(self.base, Conv1D) else delta  # Conv1D stores in x out
+
+    def merged_weight(self) -> torch.Tensor:
+        """What `base.weight` would be with the active adapters merged (the layer unchanged)."""
+        w = self.base.weight.detach().clone()
         with torch.no_grad():
-            w.add_(delta.to(w.dtype), alpha=sign)
+            for name in self.active:
+                if name not in self.merged:
+                    w += self.delta_weight(name).to(w.dtype)
+        return w
 
     def merge(self, names: list[str] | None = None) -> None:
         """Fold the active (or named) adapters into the base weight: zero added latency."""
-        for name in names or list(self.active):
-            if name in self.merged:
-                continue
-            adapter = self.adapters[name]
-            delta = adapter.delta_weight()  # raises for unmergeable adapters before any change
-            self._apply_delta(delta * self.mix.get(name, 1.0), +1.0)
-            self.merged.append(name)
+        names = [n for n in (names or self.active) if n not in self.merged]
+        with torch.no_grad():
+            deltas = [self.delta_weight(n) for n in names]  # raises for unmergeable ones first
+            for name, delta in zip(names, deltas):
+                self.base.weight.add_(delta.to(self.base.weight.dtype))
+                self.merged.append(name)
 
     def unmerge(self) -> None:
         """Subtract what merge() added, restoring the base weight (to float tolerance)."""
-        while self.merged:
-            name = self.merged.pop()
-            self._apply_delta(self.adapters[name].delta_weight() * self.mix.get(name, 1.0), -1.0)
+        with torch.no_grad():
+            while self.merged:
+                delta = self.delta_weight(self.merged.pop())
+                self.base.weight.sub_(delta.to(self.base.weight.dtype))
 
 
 @contextmanager
 def per_row(layers: list[LoraLayer], names: list[str | None]):
     """Within the block, row i of the batch goes through adapter `names[i]` (None: base only)."""
+    if any(layer.merged for layer in layers):
+        raise RuntimeError("per-row adapters need the unmerged path: call unmerge() first")
     for layer in layers:
-        if layer.merged:
-            raise RuntimeError("per-row adapters need the unmerged path: call unmerge() first")
         layer.row_adapters = list(names)
     try:
         yield

@@ -58,6 +58,8 @@ class DynaLoraModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name == "base_model":  # not set yet: do not recurse
+                raise
             return getattr(self.base_model, name)
 
     # -- adapters ---------------------------------------------------------------------------
@@ -66,9 +68,10 @@ class DynaLoraModel(nn.Module):
         """Inject adapter `name`; base weights freeze, the adapter and modules_to_save train."""
         if name in self.configs:
             raise ValueError(f"an adapter named {name!r} already exists")
+        self.require_unmerged("adding an adapter")
+        saved = resolve_modules_to_save(self.base_model, config.modules_to_save)  # checked first
         inject_adapters(self.base_model, config, name, ranks=ranks, scalings=scalings)
         self.configs[name] = config
-        saved = resolve_modules_to_save(self.base_model, config.modules_to_save)
         self.modules_to_save = sorted(set(self.modules_to_save) | set(saved))
         self.set_adapter(name)
         self.set_trainable(name)
@@ -112,9 +115,8 @@ class DynaLoraModel(nn.Module):
             raise KeyError(f"unknown adapter(s) {unknown}; loaded: {sorted(self.configs)}")
         if weights is not None and len(weights) != len(names):
             raise ValueError(f"{len(weights)} weights for {len(names)} adapters")
+        self.require_unmerged("switching adapters")
         for layer in self.lora_layers().values():
-            if layer.merged:
-                raise RuntimeError("unmerge() before switching adapters")
             layer.active = [n for n in names if n in layer.adapters]
             layer.mix = dict(zip(names, weights)) if weights is not None else {}
         self._active = names
@@ -122,21 +124,33 @@ class DynaLoraModel(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if name not in self.configs:
             raise KeyError(f"unknown adapter {name!r}; loaded: {sorted(self.configs)}")
+        self.require_unmerged("deleting an adapter")
         for layer in self.lora_layers().values():
-            if name in layer.merged:
-                raise RuntimeError("unmerge() before deleting a merged adapter")
             if name in layer.adapters:
                 del layer.adapters[name]
             layer.active = [n for n in layer.active if n != name]
         del self.configs[name]
         self._active = [n for n in self._active if n != name]
+        self.modules_to_save = sorted({
+            m for config in self.configs.values()
+            for m in resolve_modules_to_save(self.base_model, config.modules_to_save)
+        })
+
+    def _discard(self, name: str) -> None:
+        """Undo a failed load of adapter `name`: the model is left as it was before."""
+        if name in self.configs:
+            self.delete_adapter(name)
+        remove_layers(self.base_model, empty_only=True)
+
+    def require_unmerged(self, action: str) -> None:
+        if any(layer.merged for layer in self.lora_layers().values()):
+            raise RuntimeError(f"{action} needs the adapters unmerged: call unmerge() first")
 
     @contextmanager
     def disable_adapters(self) -> Iterator[None]:
         """Run the base model alone inside the block."""
+        self.require_unmerged("disabling the adapters")
         layers = list(self.lora_layers().values())
-        if any(layer.merged for layer in layers):
-            raise RuntimeError("unmerge() before disabling adapters")
         for layer in layers:
             layer.disabled = True
         try:
@@ -165,17 +179,20 @@ class DynaLoraModel(nn.Module):
         return {n: a.r for n, a in self.adapter_modules(name).items()}
 
     # -- merging ----------------------------------------------------------------------------
-    def merge(self) -> None:
-        """Fold the active adapters into the base weights (zero added latency)."""
-        layers = list(self.lora_layers().values())
-        for layer in layers:  # check everything before changing anything
+    def check_mergeable(self) -> None:
+        """Raise if an active adapter cannot be folded into the base weights."""
+        for layer in self.lora_layers().values():
             for name in layer.active:
                 if not layer.adapters[name].mergeable:
                     raise RuntimeError(
                         f"adapter {name!r} uses input-conditional gates (gating='input'): its update "
                         "depends on the input, so it cannot be merged into the base weights"
                     )
-        for layer in layers:
+
+    def merge(self) -> None:
+        """Fold the active adapters into the base weights (zero added latency)."""
+        self.check_mergeable()  # everything checked before anything changes
+        for layer in self.lora_layers().values():
             layer.merge()
 
     def unmerge(self) -> None:
@@ -189,17 +206,27 @@ class DynaLoraModel(nn.Module):
         return self.base_model
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The base model's own state dict with the active adapters folded in."""
-        self.merge()
-        try:
-            state = {}
-            for key, value in self.base_model.state_dict().items():
-                if ".adapters." in key:
-                    continue
-                state[key.replace(".base.", ".")] = value.detach().clone()
-            return state
-        finally:
-            self.unmerge()
+        """The base model's own state dict (its key names) with the active adapters folded in.
+
+        Computed beside the model, which is left untouched (merging then unmerging in place
+        would move the base weights by float rounding).
+        """
+        self.check_mergeable()
+        # Tied weights (an LM head sharing the embedding) stay one tensor, so that
+        # save_pretrained still sees them as tied and writes them once.
+        copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        state = {
+            k: copies.setdefault((v.data_ptr(), tuple(v.shape)), v.detach().clone())
+            for k, v in self.base_model.state_dict().items()
+        }
+        for name, layer in self.lora_layers().items():
+            for key in [k for k in state if k.startswith(f"{name}.")]:
+                value = state.pop(key)
+                rest = key[len(name) + 1:]
+                if rest.startswith("base."):  # `<layer>.base.weight` is the model's `<layer>.weight`
+                    state[f"{name}.{rest[len('base.'):]}"] = value
+            state[f"{name}.weight"] = layer.merged_weight()
+        return state
 
     def save_merged(self, path: str | Path) -> None:
         """A plain transformers checkpoint: loads with `AutoModel...from_pretrained`, no dynalora."""
@@ -249,52 +276,90 @@ class DynaLoraModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
                         is_trainable: bool = False, allow_pickle: bool = False) -> DynaLoraModel:
-        """Load an adapter saved by `save_pretrained` onto `model` (its base)."""
+        """Load an adapter saved by `save_pretrained` onto `model` (its base).
+
+        If the adapter does not fit, the error says why and `model` is left as it was.
+        """
         document, state = read_adapter(path, allow_pickle)
-        config = config_from_dict(document["config"])
-        ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
-        scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
+        config, ranks, scalings = layout_of(document)
         check_layers_exist(model, ranks, document)
-        config = config.replace(target_modules=sorted(ranks), exclude_modules=None)
-        wrapper = cls(model, config, adapter_name, ranks=ranks, scalings=scalings)
+        wrapper = cls.wrap_and_load(model, config, adapter_name, ranks, scalings, state, document,
+                                    is_trainable)
         wrapper.metadata = document.get("metadata", {})
-        wrapper.load_state(adapter_name, state, document)
+        return wrapper
+
+    @classmethod
+    def wrap_and_load(cls, model: nn.Module, config: LoraConfig, adapter_name: str,
+                      ranks: dict[str, int], scalings: dict[str, float], state: dict[str, torch.Tensor],
+                      document: dict[str, Any], is_trainable: bool) -> DynaLoraModel:
+        """Wrap `model` with a new adapter and copy `state` into it; if that fails, `model` is
+        left as it was (no layers swapped, same parameters training)."""
+        trainable = {p: p.requires_grad for p in model.parameters()}
+        wrapper = cls(model, config, adapter_name, ranks=ranks, scalings=scalings)
+        try:
+            wrapper.load_state(adapter_name, state, document)
+        except Exception:
+            wrapper._discard(adapter_name)
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+            raise
         if not is_trainable:
             for p in wrapper.parameters():
                 p.requires_grad_(False)
         return wrapper
 
     def load_adapter(self, path: str | Path, adapter_name: str, allow_pickle: bool = False) -> None:
-        """Load another saved adapter beside the ones present (multi-adapter serving)."""
+        """Load another saved adapter beside the ones present (multi-adapter serving).
+
+        The active adapters and what trains stay as they were; the new one is frozen.
+        """
         document, state = read_adapter(path, allow_pickle)
-        config = config_from_dict(document["config"])
-        ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
-        scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
+        config, ranks, scalings = layout_of(document)
         check_layers_exist(self.base_model, ranks, document)
+        self.check_shared_modules(state, path)
         active = self.active_adapters
-        self.add_adapter(adapter_name, config.replace(target_modules=sorted(ranks), exclude_modules=None),
-                         ranks=ranks, scalings=scalings)
-        self.load_state(adapter_name, state, document)
-        self.set_adapter(active)
+        trainable = {p: p.requires_grad for p in self.parameters()}
+        self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
+        try:
+            self.load_state(adapter_name, state, document)
+        except Exception:
+            self._discard(adapter_name)
+            raise
+        finally:
+            self.set_adapter(active)
+            for p in self.parameters():
+                p.requires_grad_(trainable.get(p, False))
+
+    def check_shared_modules(self, state: dict[str, torch.Tensor], path: str | Path) -> None:
+        """modules_to_save live in the base model, shared by all its adapters: loading a second
+        adapter with a different classifier head would silently change the first one's."""
+        present = self.base_model.state_dict()
+        for key, value in state.items():
+            own = key.removeprefix("modules_to_save.")
+            shared = own != key and own in present and any(own.startswith(m + ".") for m in self.modules_to_save)
+            if shared and not torch.equal(present[own].cpu(), value.to(present[own].dtype)):
+                raise AdapterFileError(
+                        f"{path}: its {own} differs from the one the loaded adapter(s) "
+                        f"{sorted(self.configs)} use; modules_to_save are shared by all adapters "
+                        "of one model, so load this adapter into a separate model"
+                    )
 
     def load_state(self, name: str, state: dict[str, torch.Tensor], document: dict[str, Any]) -> None:
-        """Copy saved tensors in, checking every name and shape against this model."""
-        base = document.get("base_model")
+        """Copy saved tensors in, checking every name and shape against this model first."""
         expected = dict(self.adapter_state_dict(name))
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
             raise AdapterFileError(
-                f"adapter file does not fit this model (saved for base {base!r}): "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                f"adapter file does not fit this {type(self.base_model).__name__} (saved for "
+                f"{describe_base(document)}): missing {_few(missing)}, unexpected {_few(unexpected)}"
             )
         for key, target in expected.items():
             if tuple(state[key].shape) != tuple(target.shape):
                 raise AdapterFileError(
-                    f"shape mismatch for {key}: file has {tuple(state[key].shape)}, this model needs "
-                    f"{tuple(target.shape)}; the adapter was saved for base {base!r}, a different "
-                    "architecture or size than this model"
+                    f"shape mismatch for {key}: the file has {tuple(state[key].shape)}, this "
+                    f"{type(self.base_model).__name__} needs {tuple(target.shape)}; the adapter was "
+                    f"saved for a different base model ({describe_base(document)})"
                 )
         with torch.no_grad():
             for key, target in expected.items():
@@ -327,8 +392,11 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
             f"{path} holds a Hugging Face PEFT adapter; load it with DynaLoraModel.from_peft()"
         )
     document = read_json(path / CONFIG_FILE, "adapter config")
-    if document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise AdapterFileError(f"{path / CONFIG_FILE}: not a dynalora adapter config")
+    absent = [key for key in ("config", "layers") if not isinstance(document.get(key), dict)]
+    if absent:
+        raise AdapterFileError(f"{path / CONFIG_FILE}: the field(s) {absent} are missing or not objects")
     if document.get("version", 0) > FORMAT_VERSION:
         raise AdapterFileError(
             f"{path}: adapter format version {document['version']} is newer than this dynalora "
@@ -338,14 +406,31 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
     return document, state
 
 
+def layout_of(document: dict[str, Any]) -> tuple[LoraConfig, dict[str, int], dict[str, float]]:
+    """The config, per-layer ranks and scalings a saved adapter was written with."""
+    config = config_from_dict(document["config"])
+    ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
+    scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
+    # Re-create exactly the saved layers, whatever the config's patterns would pick today.
+    return config.replace(target_modules=sorted(ranks), exclude_modules=None), ranks, scalings
+
+
+def describe_base(document: dict[str, Any]) -> str:
+    name, kind = document.get("base_model"), document.get("model_type")
+    return f"base {name!r} ({kind})" if name else f"an unnamed {kind or 'unknown'} model"
+
+
+def _few(keys: list[str]) -> str:
+    return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
+
+
 def check_layers_exist(model: nn.Module, ranks: dict[str, int], document: dict[str, Any]) -> None:
     names = {n for n, _ in model.named_modules()}
     absent = sorted(n for n in ranks if n not in names)
     if absent:
         raise AdapterFileError(
-            f"the adapter adapts {len(absent)} module(s) this model does not have, e.g. "
-            f"{absent[:3]}; it was saved for base {document.get('base_model')!r} "
-            f"({document.get('model_type')}), this model is {type(model).__name__}"
+            f"the adapter adapts {len(absent)} module(s) this {type(model).__name__} does not "
+            f"have, e.g. {absent[:3]}; it was saved for {describe_base(document)}"
         )
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dynalora.adapters.config import LoraConfig
+from dynalora.adapters.inject import pattern_value
 from dynalora.files import (
     AdapterFileError,
     atomic_dir,
@@ -45,6 +46,14 @@ TASK_TYPES = {
     "ForCausalLM": "CAUSAL_LM",
     "ForTokenClassification": "TOKEN_CLS",
     "ForQuestionAnswering": "QUESTION_ANS",
+    "LMHeadModel": "CAUSAL_LM",  # GPT-2 style names
+}
+
+
+AUTO_SAVED_HEADS = {
+    "SEQ_CLS": ("classifier", "score"),
+    "TOKEN_CLS": ("classifier", "score"),
+    "QUESTION_ANS": ("qa_outputs",),
 }
 
 
@@ -93,7 +102,8 @@ def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fol
                     alpha_pattern[name] = layer_alpha[name]
             tensors[f"{PREFIX}{name}.lora_A.weight"] = A.to(a.lora_A.dtype)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = B.to(a.lora_B.dtype)
-    for module_name in wrapper.modules_to_save:
+    saved_modules = modules_peft_saves(wrapper)
+    for module_name in saved_modules:
         for key, value in wrapper.base_model.get_submodule(module_name).state_dict().items():
             tensors[f"{PREFIX}{module_name}.{key}"] = value
     fan_in_fan_out = any(isinstance(wrapper.base_model.get_submodule(n).base, Conv1D) for n in adapters)
@@ -108,7 +118,7 @@ def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fol
         "target_modules": sorted(adapters),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
-        "modules_to_save": list(wrapper.modules_to_save) or None,
+        "modules_to_save": saved_modules or None,
         "fan_in_fan_out": fan_in_fan_out,
         "bias": "none",
         "init_lora_weights": True,
@@ -117,23 +127,27 @@ def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fol
         "lora_bias": False,
         "layers_to_transform": None,
         "layers_pattern": None,
-        "exported_by": "dynalora",
     }
     with atomic_dir(path) as tmp:
-        save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt"})
+        save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt", "exported_by": "dynalora"})
         write_json(tmp / PEFT_CONFIG, document)
+
+
+def modules_peft_saves(wrapper: DynaLoraModel) -> list[str]:
+    """Our modules_to_save, plus the task head PEFT always loads for this kind of model.
+
+    PEFT's classification models add "classifier"/"score" (QA: "qa_outputs") to
+    modules_to_save themselves and then expect their weights in the file, even when we never
+    trained the head; so the head we run with goes into the file in any case.
+    """
+    heads = AUTO_SAVED_HEADS.get(task_type_of(wrapper.base_model), ())
+    found = [n for n, _ in wrapper.base_model.named_modules() if n and n.split(".")[-1] in heads]
+    names = set(wrapper.modules_to_save) | set(found)
+    return sorted(n for n in names if not any(n.startswith(m + ".") for m in names))
 
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
-
-
-def _pattern_value(name: str, patterns: dict[str, Any], default: Any) -> Any:
-    """PEFT's rule: a key matches when the module name ends with it as a regex."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
 
 
 UNSUPPORTED = {
@@ -146,15 +160,17 @@ UNSUPPORTED = {
 
 def import_peft(cls: type[DynaLoraModel], model: nn.Module, path: str | Path, adapter_name: str,
                 is_trainable: bool, allow_pickle: bool) -> DynaLoraModel:
+    """Rebuild a PEFT LoRA adapter as ours: ranks from the tensors, scalings from the alphas."""
     path = Path(path)
     document = read_json(path / PEFT_CONFIG, "PEFT adapter config")
-    if document.get("peft_type") != "LORA":
-        raise AdapterFileError(
-            f"{path}: PEFT type {document.get('peft_type')!r} is not supported; only LORA adapters import"
-        )
+    peft_type = document.get("peft_type") if isinstance(document, dict) else None
+    if peft_type != "LORA":
+        raise AdapterFileError(f"{path}: PEFT type {peft_type!r} is not supported; only LORA adapters import")
     for key, what in UNSUPPORTED.items():
         if document.get(key):
             raise AdapterFileError(f"{path}: this adapter uses {what} ({key}), which dynalora does not support")
+    if document.get("bias", "none") != "none":
+        raise AdapterFileError(f"{path}: bias={document['bias']!r} (trained biases) is not supported; only bias='none'")
     state = load_tensors(find_weights(path, PEFT_WEIGHTS), allow_pickle)
     lora: dict[str, dict[str, torch.Tensor]] = {}
     extra: dict[str, torch.Tensor] = {}
@@ -176,38 +192,30 @@ def import_peft(cls: type[DynaLoraModel], model: nn.Module, path: str | Path, ad
             f"{path}: the adapter adapts module(s) this {type(model).__name__} does not have, "
             f"e.g. {absent[:3]} (base: {document.get('base_model_name_or_path')!r})"
         )
+    saved_modules = sorted({k.rsplit(".", 1)[0] for k in extra})  # PEFT names them after the module
+    unknown = [n for n in saved_modules if n not in modules]
+    if unknown:
+        raise AdapterFileError(f"{path}: tensors for module(s) this {type(model).__name__} does not have: {unknown[:3]}")
     rslora = bool(document.get("use_rslora"))
+    global_alpha = float(document.get("lora_alpha", 8))
     ranks, scalings = {}, {}
+    ours: dict[str, torch.Tensor] = {}
     for name, pair in lora.items():
         if set(pair) != {"A", "B"}:
             raise AdapterFileError(f"{path}: {name} has lora_{next(iter(pair))} without its partner")
         r = pair["A"].shape[0]
-        alpha = float(_pattern_value(name, document.get("alpha_pattern") or {}, document["lora_alpha"]))
+        alpha = float(pattern_value(name, document.get("alpha_pattern") or {}, global_alpha))
         ranks[name] = r
         scalings[name] = alpha / (r**0.5 if rslora else r)
+        ours.update({f"{name}.lora_A": pair["A"], f"{name}.lora_B": pair["B"], f"{name}.weight": torch.ones(())})
+    ours.update({f"modules_to_save.{key}": value for key, value in extra.items()})
     config = LoraConfig(
-        r=int(document.get("r", 8)),
-        alpha=float(document.get("lora_alpha", 8)),
+        r=int(document.get("r") or 8),
+        alpha=global_alpha,
         dropout=float(document.get("lora_dropout") or 0.0),
         target_modules=sorted(lora),
-        modules_to_save=None,
+        modules_to_save=saved_modules or None,
         use_rslora=rslora,
     )
-    wrapper = cls(model, config, adapter_name, ranks=ranks, scalings=scalings)
-    # PEFT's modules_to_save tensors are named after the module: put them into the base model.
-    saved_modules = sorted({k.rsplit(".", 1)[0] for k in extra})
-    wrapper.modules_to_save = saved_modules
-    wrapper.configs[adapter_name] = config.replace(modules_to_save=saved_modules or None)
-    ours = {}
-    for name, pair in lora.items():
-        ours[f"{name}.lora_A"] = pair["A"]
-        ours[f"{name}.lora_B"] = pair["B"]
-        ours[f"{name}.weight"] = torch.ones(())
-    for key, value in extra.items():
-        ours[f"modules_to_save.{key}"] = value
-    wrapper.load_state(adapter_name, ours, {"base_model": document.get("base_model_name_or_path")})
-    wrapper.set_trainable(adapter_name)
-    if not is_trainable:
-        for p in wrapper.parameters():
-            p.requires_grad_(False)
-    return wrapper
+    about = {"base_model": document.get("base_model_name_or_path"), "model_type": "PEFT"}
+    return cls.wrap_and_load(model, config, adapter_name, ranks, scalings, ours, about, is_trainable)

@@ -1,0 +1,55 @@
+"""`dynalora generate`: answer a prompt with a base causal LM and saved adapters, streaming."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="generate text with a causal LM and LoRA adapters (streamed)",
+        description="Answer --prompt with the base model an adapter was trained on (it is recorded in "
+                    "the adapter folder) plus the adapter. Repeat --adapter to sum several adapters, "
+                    "weighted by --weights; --no-adapter runs the base model alone.")
+    parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                        help="adapter folder (a `dynalora sft` run folder); repeat to mix several")
+    parser.add_argument("--weights", nargs="+", type=float, metavar="W",
+                        help="one weight per --adapter for a weighted sum (default: 1 each)")
+    parser.add_argument("--no-adapter", action="store_true", help="the base model alone")
+    parser.add_argument("--model", metavar="PATH",
+                        help="base model (folder, .gguf or Hub id); default: what the adapter records, "
+                             "or the packaged SmolLM2 with --no-adapter")
+    parser.add_argument("--prompt", required=True, help="the user's message")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sample at this temperature (default: greedy decoding)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dynalora.adapters.config import ConfigError
+    from dynalora.llm.generate import generate
+    from dynalora.llm.models import load_causal_lm, load_with_adapters
+
+    if args.no_adapter == bool(args.adapter):
+        raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
+    if args.weights is not None and len(args.weights) != len(args.adapter):
+        raise ConfigError(f"weights: {len(args.weights)} weight(s) for {len(args.adapter)} adapter(s)")
+    if args.no_adapter:
+        model, tokenizer = load_causal_lm(args.model)
+    else:
+        model, tokenizer = load_with_adapters(args.adapter, args.weights, args.model)
+    torch.manual_seed(args.seed)
+    text = generate(model, tokenizer, args.prompt, args.max_new_tokens, stream=not args.no_stream,
+                    temperature=args.temperature, top_p=args.top_p)
+    if args.no_stream:
+        print(text)
+    else:
+        print()  # end the streamed line
+    return 0

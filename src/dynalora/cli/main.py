@@ -1,0 +1,84 @@
+"""`dynalora` command line: one subcommand per module, each calling one public function.
+
+A command module defines `add_parser(subparsers)`, which adds its parser and sets
+`func=<callable taking the parsed args, returning an exit code>`. Adding a command is one line
+in COMMANDS. Errors a user can fix (bad flags or values, missing or broken files) are printed
+as one line and exit with status 2; a diverged training run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+COMMANDS = [
+    "dynalora.cli.train",
+    "dynalora.cli.eval",
+    "dynalora.cli.merge",
+    "dynalora.cli.export",
+    "dynalora.cli.inspect",
+    "dynalora.cli.sft",
+    "dynalora.cli.generate",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    from dynalora import __version__
+
+    parser = Parser(prog="dynalora", description="LoRA, dynamic LoRA and Rank-1 Sum LoRA fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"dynalora {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subparsers.required = True
+    for module in COMMANDS:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from dynalora.adapters import ConfigError, TargetError
+    from dynalora.data import DataError
+    from dynalora.files import AdapterFileError
+    from dynalora.llm.models import ModelLoadError
+    from dynalora.training.artifacts import MergeError
+
+    return (DataError, ConfigError, AdapterFileError, TargetError, MergeError, ModelLoadError,
+            FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dynalora.training import TrainingDiverged
+
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as err:
+        print(f"dynalora {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"dynalora {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dynalora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

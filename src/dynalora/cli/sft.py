@@ -1,0 +1,34 @@
+"""`dynalora sft`: instruction-tune a causal LM; its flags are the fields of `SftConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from dynalora.cli.common import print_json
+from dynalora.cli.train import add_field, config_from_args
+
+
+def add_parser(subparsers: Any) -> None:
+    from dynalora.llm.sft import SftConfig
+
+    parser = subparsers.add_parser(
+        "sft", help="instruction-tune a causal LM (default: the packaged SmolLM2) on prompt/response data",
+        description="Supervised fine-tuning of a decoder LLM with lora, dynamic or rank1 adapters; the "
+                    "loss counts response tokens only. Writes the adapter, metrics.json (held-out loss "
+                    "and perplexity before and after), log.jsonl, curves.png and checkpoints into "
+                    "--output, and prints the final metrics as JSON. Try the result with "
+                    "`dynalora generate --adapter OUTPUT --prompt ...`.")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML mapping of any of the fields below; flags given here override it")
+    for f in dataclasses.fields(SftConfig):
+        add_field(parser, f)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynalora.llm.sft import SftConfig, train_sft
+
+    print_json(train_sft(config_from_args(args, SftConfig)))
+    return 0

@@ -1,0 +1,89 @@
+"""`dynalora train`: fine-tune a classifier; its flags are the fields of `TrainConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import yaml
+
+from dynalora.cli.common import print_json
+from dynalora.training.config import TrainConfig
+
+
+def none_or(kind: type) -> Any:
+    """A converter accepting `none` (unset) as well as a `kind` value."""
+
+    def convert(text: str) -> Any:
+        if text.lower() in ("none", "null"):
+            return None
+        return kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return convert
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.replace("-", "_"), value
+
+
+def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    kind = str(f.type)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+    if kind == "bool":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+    elif kind.startswith("list"):
+        parser.add_argument(flag, nargs="+", metavar="NAME", **options)
+    elif kind.startswith("dict"):
+        parser.add_argument(flag, nargs="+", type=key_value, metavar="KEY=VALUE", **options)
+    else:
+        base = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
+        converter = none_or(base) if "None" in kind else base
+        parser.add_argument(flag, type=converter, metavar=base.__name__.upper(), **options)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune on a GLUE task or your own data",
+        description="Fine-tune a sequence classifier (default: the packaged MiniLM) with one of the "
+                    "methods; writes the adapter, metrics.json, log.jsonl, curves.png and checkpoints "
+                    "into --output, and prints the final metrics as JSON.")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML mapping of any of the fields below; flags given here override it")
+    for f in dataclasses.fields(TrainConfig):
+        add_field(parser, f)
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace, config_class: Any = TrainConfig) -> Any:
+    """The run config from the flags (and --config YAML); `config_class` has from_dict (SftConfig too)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "method_options" in given:
+        given["method_options"] = dict(given["method_options"])
+    if args.config:
+        from dynalora.training.config import read_yaml
+
+        merged = {**read_yaml(args.config), **given}
+        if "method_options" in given:  # options merge key by key too
+            merged["method_options"] = {**read_yaml(args.config).get("method_options", {}), **given["method_options"]}
+        return config_class.from_dict(merged, source=args.config)
+    return config_class.from_dict(given, source="command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynalora.training import train
+
+    metrics = train(config_from_args(args))
+    print_json(metrics)
+    return 0

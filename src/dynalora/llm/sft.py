@@ -1,0 +1,258 @@
+"""Instruction tuning (SFT) of a causal LM with LoRA, dynamic LoRA or Rank-1 Sum LoRA.
+
+    metrics = train_sft(SftConfig(data="gsm8k/train.jsonl", eval_data="gsm8k/test.jsonl",
+                                  method="dynamic", max_train_samples=400, output="runs/sft"))
+
+It runs the same training loop as classification (`dynalora.training.loop.Trainer`: same
+checkpoints and --resume, log.jsonl, curves.png, allocation report for dynamic/rank1); only
+the loss (next-token cross-entropy on response tokens) and the evaluation (held-out response
+loss and perplexity; lower is better) differ. The run folder is also the adapter folder:
+`dynalora generate --adapter runs/sft` finds the base model from what it records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from dynalora import __version__
+from dynalora.adapters.config import ConfigError, check
+from dynalora.data import BucketBatcher
+from dynalora.data.glue import subsample
+from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
+from dynalora.files import write_json
+from dynalora.llm.evaluate import response_loss, token_loss
+from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
+from dynalora.training.api import check_resumable, count_parameters
+from dynalora.training.checkpoint import latest_checkpoint
+from dynalora.training.config import _f
+from dynalora.training.evaluation import model_inputs
+from dynalora.training.loop import Trainer
+from dynalora.training.methods import get_method
+from dynalora.training.optim import autocast, pick_device, pick_dtype, seed_everything, total_steps
+from dynalora.training.report import RunLog, plot_curves
+
+SFT_METHODS = ("lora", "dynamic", "rank1")
+DEFAULT_LR = 2e-4  # the usual LoRA SFT learning rate for decoders (1e-3, the encoder default, is too hot)
+RUN_FILE = "dynalora_sft_run.json"
+HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 200  # evaluation records taken from --data when no --eval-data
+
+
+@dataclass
+class SftConfig:
+    """One instruction-tuning run of a causal LM (the fields are `dynalora sft`'s flags)."""
+
+    # A causal LM has no task head to train beside the adapters (read by lora_config_for).
+    modules_to_save: ClassVar[list[str] | None] = None
+
+    data: str = _f("", "training data: JSONL (or a JSON list) of prompt/response records")
+    eval_data: str | None = _f(None, "held-out records for loss/perplexity; default: a held-out 5 percent of --data (at most 200)")
+    method: str = _f("lora", "lora, dynamic or rank1")
+    model: str | None = _f(None, "base causal LM: a Hugging Face folder, a .gguf file or a Hub id; default: the packaged SmolLM2-135M-Instruct")
+    output: str = _f("runs/sft", "run folder: adapter, metrics.json, log.jsonl, curves.png, checkpoints/")
+    epochs: float = _f(1.0, "training epochs (fractions allowed)")
+    batch_size: int = _f(4, "sequences per micro-batch")
+    eval_batch_size: int = _f(8, "sequences per evaluation batch")
+    lr: float | None = _f(None, f"peak learning rate; default {DEFAULT_LR}")
+    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to biases and gates)")
+    warmup_ratio: float = _f(0.06, "share of optimizer steps spent warming the learning rate up")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_grad_norm: float | None = _f(1.0, "clip the gradient norm to this; none to disable")
+    max_train_samples: int | None = _f(None, "use a random subset of this many training records")
+    max_eval_samples: int | None = _f(None, "use a random subset of this many evaluation records")
+    seed: int = _f(0, "random seed (data order, subsets, initialisation)")
+    eval_every: int | None = _f(None, "evaluate every N optimizer steps; default: after every epoch")
+    early_stopping_patience: int | None = _f(None, "stop after this many evaluations without improvement")
+    max_length: int = _f(512, "tokens per sequence; longer records are truncated (reported in the log)")
+    packing: bool = _f(False, "pack several records into each training sequence (fewer pad tokens)")
+    rank: int = _f(8, "LoRA rank (dynamic: base rank)")
+    alpha: float = _f(16.0, "LoRA alpha (scaling alpha/rank)")
+    dropout: float = _f(0.05, "dropout on the adapter input")
+    target_modules: list[str] | None = _f(None, "modules to adapt; default: every attention and MLP projection")
+    precision: str = _f("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    device: str = _f("auto", "auto, cpu or cuda")
+    method_options: dict[str, Any] = _f({}, "extra options for the method's config, KEY=VALUE")
+    preset: str | None = _f(None, f"record layout: {', '.join(PRESETS)}; default: detected from the first record")
+    prompt_field: str | None = _f(None, "field holding the prompt (overrides the preset)")
+    response_field: str | None = _f(None, "field holding the response (overrides the preset)")
+    input_field: str | None = _f(None, "optional field appended to the prompt (Alpaca's 'input')")
+    checkpoint_every: int | None = _f(None, "also write a resumable checkpoint every N optimizer steps")
+    resume: bool = _f(False, "continue the run in --output from its last checkpoint")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = self.target_modules if self.target_modules == "all-linear" else [self.target_modules]
+        self.method_options = dict(self.method_options or {})
+        check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
+        check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "rank"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value > 0, name, "must be a positive integer", value)
+        check(isinstance(self.max_length, int) and self.max_length >= 2, "max_length", "must be an integer >= 2",
+              self.max_length)
+        for name in ("max_train_samples", "max_eval_samples", "eval_every", "early_stopping_patience",
+                     "checkpoint_every"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, int) and value > 0), name,
+                  "must be a positive integer (or unset)", value)
+        check(self.epochs > 0, "epochs", "must be > 0", self.epochs)
+        check(self.lr is None or self.lr > 0, "lr", "must be > 0", self.lr)
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0", self.max_grad_norm)
+        check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
+        check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
+        check(self.preset is None or self.preset in PRESETS, "preset", f"must be one of {sorted(PRESETS)}", self.preset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SftConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SftConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SftTask:
+    """What the loop prints and compares: the held-out response loss, lower is better."""
+
+    name: str
+    main_metric: str = "loss"
+    is_regression: bool = False
+
+
+class SftTrainer(Trainer):
+    """The shared loop with a causal-LM loss and a loss/perplexity evaluation."""
+
+    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(**model_inputs(batch, self.device)).logits
+        return token_loss(logits, batch["labels"].to(self.device))[0]
+
+    def evaluate(self) -> dict[str, Any]:
+        with autocast(self.device, self.dtype):
+            result = response_loss(self.model, self.eval_batches)
+        step = self.state["step"]
+        return {"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
+                "n_examples": len(self.eval_batches.features),
+                "metrics": {"main": result["loss"], **result}}
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return -metrics["loss"]
+
+
+def read_records(config: SftConfig, path: str) -> list[SftRecord]:
+    return load_sft_records(path, config.prompt_field, config.response_field, config.input_field, config.preset)
+
+
+def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord]]:
+    """Training and evaluation records (a seeded held-out slice of --data without --eval-data)."""
+    train = read_records(config, config.data)
+    if config.eval_data:
+        evaluation = read_records(config, config.eval_data)
+    else:
+        n_eval = max(1, min(HELD_OUT_MAX, round(HELD_OUT_SHARE * len(train))))
+        if len(train) < 2:
+            raise ConfigError(f"eval_data: --data has {len(train)} record(s), too few to hold some out; pass --eval-data")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        held = set(order[:n_eval])
+        evaluation = [r for i, r in enumerate(train) if i in held]
+        train = [r for i, r in enumerate(train) if i not in held]
+    return (subsample(train, config.max_train_samples, config.seed),
+            subsample(evaluation, config.max_eval_samples, config.seed))
+
+
+def run_metadata(config: SftConfig, lr: float, source: str) -> dict[str, Any]:
+    """Recorded with the adapter: enough for `dynalora generate --adapter DIR` to rebuild it."""
+    return {"kind": "sft", "base_model": source, "method": config.method, "max_length": config.max_length,
+            "rank": config.rank, "alpha": config.alpha, "lr": lr, "data": config.data,
+            "eval_data": config.eval_data, "seed": config.seed, "dynalora_version": __version__}
+
+
+def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any = None,
+              tokenizer: Any = None) -> dict[str, Any]:
+    """Instruction-tune, write the run folder, return metrics.json's content.
+
+    `model` / `tokenizer` may be passed in (already loaded, e.g. a tiny test model); the
+    adapter then records `config.model` (or the model's `dynalora_source`) as its base.
+    """
+    method = get_method(config.method)
+    lr = config.lr or DEFAULT_LR
+    out = Path(config.output)
+    checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
+    if checkpoint is not None:
+        check_resumable(config, checkpoint.progress["config"], checkpoint.folder)
+    elif (out / "checkpoints").exists():
+        shutil.rmtree(out / "checkpoints")  # a fresh run must never resume from stale state
+
+    seed_everything(config.seed)
+    train_records, eval_records = split_records(config)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_causal_lm(config.model)
+    source = config.model or getattr(model, "dynalora_source", None) or PACKAGED
+    train_features, train_report = encode_sft(train_records, tokenizer, config.max_length)
+    eval_features, eval_report = encode_sft(eval_records, tokenizer, config.max_length)
+    if config.packing:
+        train_features = pack_features(train_features, config.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_batches = BucketBatcher(train_features, config.batch_size, shuffle=True, seed=config.seed, pad_token_id=pad)
+    eval_batches = BucketBatcher(eval_features, config.eval_batch_size, shuffle=False, pad_token_id=pad)
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.precision, device)
+
+    torch.manual_seed(config.seed)  # adapter initialisation depends on the seed only
+    steps = total_steps(len(train_batches), config.grad_accum, config.epochs)
+    targets = config.target_modules or sft_targets(model)
+    prepared = method.prepare(model, config.replace(target_modules=targets), steps)
+    prepared.model.to(device)
+    prepared.wrapper.tokenizer = tokenizer  # save_merged writes it beside the weights
+    metadata = run_metadata(config, lr, source)
+
+    def save_best(record: dict[str, Any]) -> None:
+        prepared.save(out, metadata)
+        write_json(out / RUN_FILE, {"format": "dynalora-sft-run", "version": 1, "metadata": metadata,
+                                    "best": record})
+
+    trainer = SftTrainer(prepared, config, lr, lr, train_batches, eval_batches, SftTask(Path(config.data).stem),
+                         out, device, dtype, save_best, callbacks or [])
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    log = RunLog(out / "log.jsonl", resume_step=trainer.state["step"] if checkpoint else None)
+    try:
+        if checkpoint is None:
+            log.write({"kind": "data", "step": 0, "train": train_report.to_dict(), "eval": eval_report.to_dict(),
+                       "train_sequences": len(train_features), "packing": config.packing})
+            log.write({**trainer.evaluate(), "initial": True})  # the base model, before any step
+        best = trainer.run(log)
+    finally:
+        log.close()
+    initial = next(r for r in log.records if r.get("initial"))
+    trainable, total = count_parameters(prepared.model)
+    metrics = {
+        "task": "sft", "data": config.data, "method": config.method, "split": "eval",
+        "n_examples": best["n_examples"], "best_step": best["step"], "best_epoch": best["epoch"],
+        "metrics": best["metrics"], "initial_metrics": initial["metrics"],
+        "steps": trainer.state["step"], "total_steps": trainer.total_steps,
+        "stopped_early": trainer.state["stopped"], "train_wall_s": round(trainer.state["train_wall_s"], 2),
+        "trainable_params": trainable, "total_params": total, "lr": lr,
+        "truncated_train_records": train_report.truncated, "dropped_train_records": train_report.dropped_no_response,
+        "ranks": prepared.wrapper.ranks(),
+    }
+    write_json(out / "metrics.json", metrics)
+    plot_curves(log.records, out / "curves.png", "loss")
+    for hook in trainer.hooks:
+        if hasattr(hook, "write_report"):
+            hook.write_report(out)
+    return metrics

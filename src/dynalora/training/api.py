@@ -1,0 +1,233 @@
+"""`train`, `evaluate`, `load_trained`: a fine-tuning run from data to saved model and back.
+
+A run folder holds
+    dynalora_run.json                 what was trained on what (metadata) and the best evaluation
+    dynalora_config.json + dynalora_adapter.safetensors    LoRA-family methods (adapter format)
+    trained_state.safetensors         the other methods (their trainable tensors)
+    metrics.json, log.jsonl, curves.png, checkpoints/, allocation.json/png (dynamic, rank1)
+The saved model is the best one by the task's main metric on the evaluation split, so
+`evaluate(folder)` reproduces metrics.json exactly (same data, batches and precision).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynalora import __version__
+from dynalora.adapters.config import ConfigError
+from dynalora.data import (
+    BucketBatcher,
+    DataError,
+    Example,
+    TaskSpec,
+    encode,
+    get_task,
+    load_split,
+    load_table,
+)
+from dynalora.files import AdapterFileError, read_json, write_json
+from dynalora.training.checkpoint import latest_checkpoint
+from dynalora.training.classifier import build_classifier, default_model_path
+from dynalora.training.config import TrainConfig
+from dynalora.training.evaluation import CachedFeatures, predict
+from dynalora.training.loop import Trainer
+from dynalora.training.methods import get_method
+from dynalora.training.metrics import compute_metrics
+from dynalora.training.optim import pick_device, pick_dtype, seed_everything, total_steps
+from dynalora.training.report import RunLog, plot_curves
+
+RUN_FILE = "dynalora_run.json"
+RUN_FORMAT = "dynalora-run"
+# Fields that may differ between a run and its resumption.
+RESUME_FREE = ("resume", "progress", "output")
+
+
+def load_tokenizer(model_path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_path))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"no usable tokenizer in {model_path}: {str(err).splitlines()[0]}") from None
+
+
+def own_task(name: str, text_columns: list[str], labels: tuple[str, ...] | None) -> TaskSpec:
+    return TaskSpec(name=name, text_fields=tuple(text_columns), labels=labels)
+
+
+def load_data(config: TrainConfig) -> tuple[TaskSpec, list[Example], list[Example]]:
+    """The task and its train / dev examples (GLUE, or the user's own files)."""
+    if config.train_file is None:
+        task = get_task(config.task)
+        train = load_split(task, "train", config.data_dir, config.max_train_samples, config.seed)
+        dev = load_split(task, "dev", config.data_dir, config.max_eval_samples, config.seed)
+        return task, train, dev
+    train, labels = load_table(config.train_file, config.text_columns, config.label_column,
+                               regression=config.regression)
+    dev, _ = load_table(config.dev_file, config.text_columns, config.label_column, labels=labels,
+                        regression=config.regression)
+    from dynalora.data.glue import subsample
+
+    train = subsample(train, config.max_train_samples, config.seed)
+    dev = subsample(dev, config.max_eval_samples, config.seed)
+    return own_task(config.task, config.text_columns, labels), train, dev
+
+
+def run_metadata(config: TrainConfig, task: TaskSpec, model_path: Path, lr: float) -> dict[str, Any]:
+    """Everything `load_trained` / `evaluate` need to rebuild the model and its evaluation."""
+    return {
+        "base_model": str(model_path), "task": task.name, "labels": list(task.labels) if task.labels else None,
+        "text_fields": list(task.text_fields), "num_labels": task.num_labels, "regression": task.is_regression,
+        "main_metric": task.main_metric, "pooling": config.pooling, "method": config.method,
+        "max_length": config.max_length, "head_dropout": config.head_dropout, "rank": config.rank,
+        "alpha": config.alpha, "target_modules": config.target_modules,
+        "method_options": config.method_options, "precision": config.precision,
+        "eval_batch_size": config.eval_batch_size, "data_dir": config.data_dir,
+        "max_eval_samples": config.max_eval_samples, "seed": config.seed, "dev_file": config.dev_file,
+        "text_columns": config.text_columns, "label_column": config.label_column, "lr": lr,
+        "dynalora_version": __version__,
+    }
+
+
+def check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+    current = config.to_dict()
+    changed = [k for k in current if k not in RESUME_FREE and saved.get(k) != current[k]]
+    if changed:
+        details = ", ".join(f"{k}={saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
+        raise ConfigError(f"resume: the checkpoint in {where} was written with other settings ({details}); "
+                          "use the same settings, or drop --resume to start over")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Fine-tune, write the run folder (see the module doc), return metrics.json's content.
+
+    `callbacks`: extra step hooks (see `dynalora.training.methods`), e.g. for logging; a hook
+    may also define `on_step_end(step)`, called after each step's evaluation and checkpoint.
+    """
+    method = get_method(config.method)
+    lr = config.lr or method.default_lr
+    head_lr = config.head_lr or lr
+    out = Path(config.output)
+    checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
+    if checkpoint is not None:
+        check_resumable(config, checkpoint.progress["config"], checkpoint.folder)
+    elif (out / "checkpoints").exists():
+        shutil.rmtree(out / "checkpoints")  # a fresh run must never resume from stale state
+
+    seed_everything(config.seed)
+    task, train_examples, dev_examples = load_data(config)
+    model_path = Path(config.model) if config.model else default_model_path()
+    tokenizer = load_tokenizer(model_path)
+    pad = tokenizer.pad_token_id or 0
+    train_batches: Any = BucketBatcher(encode(train_examples, tokenizer, config.max_length), config.batch_size,
+                                       shuffle=True, seed=config.seed, pad_token_id=pad)
+    eval_batches: Any = BucketBatcher(encode(dev_examples, tokenizer, config.max_length),
+                                      config.eval_batch_size, shuffle=False, pad_token_id=pad)
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.precision, device)
+
+    torch.manual_seed(config.seed)  # the head's and adapters' initialisation depend on the seed only
+    classifier = build_classifier(model_path, task.num_labels, config.pooling, config.head_dropout,
+                                  config.backbone_dropout)
+    prepared = method.prepare(classifier, config, total_steps(len(train_batches), config.grad_accum, config.epochs))
+    prepared.model.to(device)
+    if prepared.cache_features:
+        train_batches = CachedFeatures(classifier, train_batches, device, dtype)
+        eval_batches = CachedFeatures(classifier, eval_batches, device, dtype)
+
+    metadata = run_metadata(config, task, model_path, lr)
+
+    def save_best(record: dict[str, Any]) -> None:
+        prepared.save(out, metadata)
+        write_json(out / RUN_FILE, {"format": RUN_FORMAT, "version": 1, "metadata": metadata, "best": record})
+
+    trainer = Trainer(prepared, config, lr, head_lr, train_batches, eval_batches, task, out, device, dtype,
+                      save_best, callbacks or [])
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    log = RunLog(out / "log.jsonl", resume_step=trainer.state["step"] if checkpoint else None)
+    try:
+        best = trainer.run(log)
+    finally:
+        log.close()
+    trainable, total = count_parameters(prepared.model)
+    metrics = {
+        "task": task.name, "method": config.method, "split": "dev", "n_examples": best["n_examples"],
+        "best_step": best["step"], "best_epoch": best["epoch"], "metrics": best["metrics"],
+        "steps": trainer.state["step"], "total_steps": trainer.total_steps,
+        "stopped_early": trainer.state["stopped"], "train_wall_s": round(trainer.state["train_wall_s"], 2),
+        "trainable_params": trainable, "total_params": total, "lr": lr, "head_lr": head_lr,
+    }
+    write_json(out / "metrics.json", metrics)
+    plot_curves(log.records, out / "curves.png", "main")
+    for hook in trainer.hooks:
+        if hasattr(hook, "write_report"):
+            hook.write_report(out)
+    return metrics
+
+
+# -- loading a trained run back ----------------------------------------------------------------
+def read_run(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterFileError(f"run folder not found: {folder}")
+    document = read_json(folder / RUN_FILE, "trained run description")
+    if document.get("format") != RUN_FORMAT:
+        raise AdapterFileError(f"{folder / RUN_FILE}: not a dynalora run description")
+    return document
+
+
+def load_trained(adapter_dir: str | Path, base_model: str | Path | None = None,
+                 device: str = "cpu") -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer, metadata) of a trained run; the model is in eval mode.
+
+    The model maps input_ids / attention_mask / token_type_ids to logits. `base_model`
+    overrides the base model folder recorded at training time (e.g. after moving it).
+    """
+    folder = Path(adapter_dir)
+    metadata = read_run(folder)["metadata"]
+    model_path = Path(base_model or metadata["base_model"])
+    classifier = build_classifier(model_path, metadata["num_labels"], metadata["pooling"], metadata["head_dropout"])
+    model = get_method(metadata["method"]).load(classifier, folder, metadata)
+    model.to(pick_device(device)).eval()
+    return model, load_tokenizer(model_path), metadata
+
+
+def evaluate(adapter_dir: str | Path, task: str | None = None, data_dir: str | Path | None = None,
+             split: str = "dev", max_samples: int | None = None, base_model: str | Path | None = None,
+             device: str = "auto") -> dict[str, Any]:
+    """Metrics of a trained run on a split; with no overrides, exactly metrics.json's numbers."""
+    model, tokenizer, meta = load_trained(adapter_dir, base_model, device)
+    if task is None and meta.get("dev_file"):
+        spec = own_task(meta["task"], meta["text_columns"], tuple(meta["labels"]) if meta["labels"] else None)
+        if split != "dev":
+            raise DataError(f"run {adapter_dir} was trained on its own files; only split 'dev' ({meta['dev_file']}) exists")
+        examples, _ = load_table(meta["dev_file"], meta["text_columns"], meta["label_column"],
+                                 labels=meta["labels"], regression=meta["regression"])
+        from dynalora.data.glue import subsample
+
+        examples = subsample(examples, max_samples or meta["max_eval_samples"], meta["seed"])
+    else:
+        spec = get_task(task or meta["task"])
+        if spec.num_labels != meta["num_labels"]:
+            raise DataError(f"task {spec.name!r} has {spec.num_labels} label(s), the run was trained "
+                            f"with {meta['num_labels']} ({meta['task']})")
+        same = spec.name == meta["task"] and split == "dev"
+        limit = max_samples or (meta["max_eval_samples"] if same else None)
+        examples = load_split(spec, split, data_dir or meta["data_dir"], limit, meta["seed"])
+    pad = tokenizer.pad_token_id or 0
+    batches = BucketBatcher(encode(examples, tokenizer, meta["max_length"]), meta["eval_batch_size"],
+                            shuffle=False, pad_token_id=pad)
+    dev = next(model.parameters()).device
+    logits, labels = predict(model, batches, dev, pick_dtype(meta["precision"], dev))
+    return {"task": spec.name, "split": split, "n_examples": len(labels), "metrics": compute_metrics(spec, logits, labels)}

@@ -1,0 +1,243 @@
+"""The one training loop: AdamW, warm-up + linear decay, accumulation, clipping, mixed
+precision, evaluation with best-model selection and early stopping, resumable checkpoints.
+
+One optimizer step follows DESIGN.md's protocol:
+    loss = task_loss + sum(hook.loss_terms())        per micro-batch, divided by the group size
+    loss.backward(); clip; optimizer.step()
+    hook.after_optimizer_step(step)                  grads still present (may resize adapters)
+    scheduler.step(); optimizer.zero_grad()
+
+A run is deterministic on CPU for a given seed, and a run resumed from a checkpoint takes
+exactly the steps the uninterrupted run would have taken: the checkpoint holds the epoch and
+the position inside it (the batcher's order depends only on seed and epoch), every RNG state,
+and the optimizer, scheduler and hook states.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from dynalora.data import TaskSpec
+from dynalora.training.checkpoint import Checkpoint, load_model_state, save_checkpoint
+from dynalora.training.evaluation import model_inputs, predict
+from dynalora.training.methods import Prepared
+from dynalora.training.metrics import compute_metrics
+from dynalora.training.optim import (
+    autocast,
+    linear_schedule,
+    param_groups,
+    rng_state,
+    set_rng_state,
+    steps_per_epoch,
+    total_steps,
+)
+from dynalora.training.report import RunLog
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.float().squeeze(-1), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def score(metrics: dict[str, float]) -> float:
+    """The main metric for comparisons; NaN (undefined) counts as the worst value."""
+    value = metrics["main"]
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+class Trainer:
+    """Runs `prepared.model` over `train_batches`; `save_best(record)` is called on each new best."""
+
+    def __init__(self, prepared: Prepared, config: Any, lr: float, head_lr: float, train_batches: Any,
+                 eval_batches: Any, task: TaskSpec, run_dir: Path, device: torch.device,
+                 dtype: torch.dtype | None, save_best: Callable[[dict[str, Any]], None],
+                 callbacks: list[Any] = ()) -> None:
+        self.prepared, self.config, self.task = prepared, config, task
+        self.model = prepared.model
+        self.train_batches, self.eval_batches = train_batches, eval_batches
+        self.run_dir, self.device, self.dtype = run_dir, device, dtype
+        self.save_best = save_best
+        self.steps_per_epoch = steps_per_epoch(len(train_batches), config.grad_accum)
+        self.total_steps = total_steps(len(train_batches), config.grad_accum, config.epochs)
+        # A task without a separate head (e.g. a causal LM's SFT) trains everything at `lr`.
+        head = getattr(prepared.classifier, "classifier", None)
+        self.optimizer = AdamW(param_groups(self.model, head, lr, head_lr,
+                                            config.weight_decay), lr=lr)
+        warmup = round(config.warmup_ratio * self.total_steps)
+        self.scheduler = LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        self.hooks = [*prepared.make_hooks(self.optimizer, self.total_steps), *callbacks]
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "best": None,
+                                      "best_step": None, "bad_evals": 0, "stopped": False,
+                                      "train_wall_s": 0.0}
+        self.pending_rng: dict[str, Any] | None = None
+        self.last_checkpoint: Path | None = None
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoint(self) -> None:
+        trainer = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "rng": rng_state(),
+        }
+        progress = {**self.state, "config": self.config.to_dict()}
+        self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self.state["step"], self.model,
+                                               trainer, progress)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Load a checkpoint; hooks first, since a controller may resize adapters to saved ranks."""
+        trainer = checkpoint.trainer
+        for hook, state in zip(self.hooks, trainer["hooks"]):
+            if state is not None and hasattr(hook, "load_state_dict"):
+                hook.load_state_dict(state)
+        load_model_state(self.model, checkpoint.model, checkpoint.folder)
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        if self.scaler and trainer["scaler"]:
+            self.scaler.load_state_dict(trainer["scaler"])
+        self.state.update({k: checkpoint.progress[k] for k in self.state})
+        self.pending_rng = trainer["rng"]
+        self.last_checkpoint = checkpoint.folder
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        logits, labels = predict(self.model, self.eval_batches, self.device, self.dtype)
+        metrics = compute_metrics(self.task, logits, labels)
+        step = self.state["step"]
+        return {"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
+                "n_examples": len(labels), "metrics": metrics}
+
+    def after_eval(self, record: dict[str, Any]) -> None:
+        best = self.state["best"]
+        if best is None or self.score(record["metrics"]) > self.score(best["metrics"]):
+            self.state.update(best=record, best_step=record["step"], bad_evals=0)
+            self.save_best(record)
+        else:
+            self.state["bad_evals"] += 1
+            patience = self.config.early_stopping_patience
+            if patience is not None and self.state["bad_evals"] >= patience:
+                self.state["stopped"] = True
+
+    # -- training ---------------------------------------------------------------------------
+    # Subclasses with another objective (dynalora.llm.sft: causal-LM loss on response tokens,
+    # lower loss is better) override task_loss, evaluate and score; the loop stays the same.
+    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(**model_inputs(batch, self.device))
+        return task_loss(logits, batch["labels"].to(self.device), self.task.is_regression)
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return score(metrics)
+
+    def micro_step(self, batch: dict[str, torch.Tensor], group: int) -> float:
+        with autocast(self.device, self.dtype):
+            loss = self.task_loss(batch)
+            for hook in self.hooks:
+                if hasattr(hook, "loss_terms"):
+                    term = hook.loss_terms()
+                    if term is not None:
+                        loss = loss + term
+        if not torch.isfinite(loss):
+            self.diverged(f"the loss is {loss.item()}")
+        loss = loss / group
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return loss.item()
+
+    def optimizer_step(self) -> None:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            if self.scaler is None and not torch.isfinite(norm):
+                self.diverged(f"the gradient norm is {norm.item()}")
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.state["step"] += 1
+        for hook in self.hooks:
+            if hasattr(hook, "after_optimizer_step"):
+                hook.after_optimizer_step(self.state["step"])
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def diverged(self, what: str) -> None:
+        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {self.state['step'] + 1}: {what}; {kept} and the best model "
+            f"so far is in {self.run_dir}. Try a lower learning rate (--lr) or --max-grad-norm"
+        )
+
+    def run(self, log: RunLog) -> dict[str, Any]:
+        """Train to the end (or early stop); returns the best evaluation record."""
+        config, state = self.config, self.state
+        n_batches = len(self.train_batches)
+        bar = tqdm(total=self.total_steps, initial=state["step"], disable=not config.progress,
+                   desc=f"{config.method} {self.task.name}", unit="step", dynamic_ncols=True)
+        started = time.perf_counter() - state["train_wall_s"]
+        self.model.train()
+        try:
+            while state["step"] < self.total_steps and not state["stopped"]:
+                if state["position"] >= n_batches:
+                    state["epoch"] += 1
+                    state["position"] = 0
+                self.train_batches.set_epoch(state["epoch"])
+                batches = iter(self.train_batches)
+                for _ in range(state["position"]):  # resuming mid-epoch: skip what was trained on
+                    next(batches)
+                if self.pending_rng is not None:
+                    set_rng_state(self.pending_rng)
+                    self.pending_rng = None
+                while state["position"] < n_batches and state["step"] < self.total_steps:
+                    group = min(config.grad_accum, n_batches - state["position"])
+                    loss = 0.0
+                    for _ in range(group):
+                        loss += self.micro_step(next(batches), group)
+                        state["position"] += 1
+                    self.optimizer_step()
+                    step = state["step"]
+                    state["train_wall_s"] = time.perf_counter() - started
+                    log.write({"kind": "train", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
+                               "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    due = (step % config.eval_every == 0) if config.eval_every else state["position"] == n_batches
+                    evaluated = due or step == self.total_steps
+                    if evaluated:
+                        record = self.evaluate()
+                        log.write(record)
+                        self.after_eval(record)
+                        bar.write(f"step {step}: dev {self.task.main_metric} = {record['metrics']['main']:.4f}")
+                        started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
+                    if evaluated or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                        self.checkpoint()
+                    for hook in self.hooks:
+                        if hasattr(hook, "on_step_end"):
+                            hook.on_step_end(step)
+                    if state["stopped"]:
+                        break
+        finally:
+            bar.close()
+        return state["best"]

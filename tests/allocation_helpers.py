@@ -1,0 +1,80 @@
+"""Small pieces shared by the tests of dynalora.allocation: toy models and a manual loop."""
+
+from __future__ import annotations
+
+import torch
+from conftest import tiny_bert
+from torch import nn
+
+
+class TwoLayerToy(nn.Module):
+    """Two linear layers `a` and `b` read the same input; the loss is an MSE on their sum.
+
+    `use_b=False` multiplies b's output by 0 (it still runs, so it has gradients, all zero);
+    `scale_b` scales b's input (its variance grows with scale_b ** 2).
+    """
+
+    def __init__(self, d: int = 16, use_b: bool = True, scale_b: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = nn.Linear(d, d)
+        self.b = nn.Linear(d, d)
+        self.use_b, self.scale_b = use_b, scale_b
+        self.teacher = torch.randn(d, d) / d**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.a(x) + self.b(x * self.scale_b) * (1.0 if self.use_b else 0.0)
+        return ((out - x @ self.teacher.T) ** 2).mean()
+
+
+def quiet_bert(seed: int = 0) -> nn.Module:
+    """tiny_bert in training mode with every dropout at 0 (deterministic steps)."""
+    model = tiny_bert(seed=seed)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model.train()
+
+
+def bert_batches(n: int, batch: int = 8, seq: int = 12, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, 120, (batch, seq), generator=gen)
+        mask = torch.ones_like(ids)
+        out.append({"input_ids": ids, "attention_mask": mask,
+                    "labels": torch.randint(0, 2, (batch,), generator=gen)})
+    return out
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def optimizer_matches_model(optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
+    """The optimizer holds exactly the model's trainable parameters, and state for no others."""
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    live = trainable(model)
+    ids = {id(p) for p in held}
+    return (len(held) == len(live) and ids == {id(p) for p in live}
+            and all(id(p) in ids for p in optimizer.state))
+
+
+def run_steps(model: nn.Module, controller, optimizer, batches: list[dict], accumulation: int = 1) -> list:
+    """A manual loop: `accumulation` micro-batches per optimizer step, mean loss."""
+    records = []
+    for i in range(0, len(batches), accumulation):
+        for micro in batches[i:i + accumulation]:
+            loss = (model(**micro).loss + controller.loss_terms()) / accumulation
+            loss.backward()
+        optimizer.step()
+        record = controller.after_optimizer_step()
+        if record is not None:
+            records.append(record)
+        optimizer.zero_grad()
+    return records
+
+
+def split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    size = next(iter(batch.values())).shape[0] // parts
+    return [{k: v[j * size:(j + 1) * size] for k, v in batch.items()} for j in range(parts)]

@@ -1,0 +1,197 @@
+"""Dynamic LoRA through the AllocationController: allocation, budget, equivalences, resume, export."""
+
+import copy
+import json
+
+import pytest
+import torch
+from allocation_helpers import (
+    TwoLayerToy,
+    bert_batches,
+    optimizer_matches_model,
+    quiet_bert,
+    run_steps,
+    split,
+    trainable,
+)
+
+from dynalora import ConfigError, DynaLoraModel, LoraConfig, get_lora_model
+from dynalora.allocation import AllocationController, DynamicLoraConfig, resize_adapter
+
+
+def toy_run(steps=40, gamma=1.0, use_b=True, scale_b=1.0, **overrides):
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=5, t_final=steps, delta_t=5,
+                               stats_every=1, gamma=gamma, **overrides)
+    model = get_lora_model(TwoLayerToy(use_b=use_b, scale_b=scale_b), config)
+    opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+    controller = AllocationController(model, opt)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        model(torch.randn(64, 16, generator=gen)).backward()
+        opt.step()
+        controller.after_optimizer_step()
+        opt.zero_grad()
+    return model, controller, opt
+
+
+def test_the_only_layer_that_matters_gets_the_larger_weight_and_rank():
+    model, controller, opt = toy_run(use_b=False)
+    adapters = model.adapter_modules()
+    assert float(adapters["a"].weight) > 1.5 > 0.5 > float(adapters["b"].weight)
+    assert model.ranks()["a"] > 4 > model.ranks()["b"]
+    assert controller.history and controller.history[-1]["importance"][1] == 0.0
+    assert abs(float(controller.weights.mean()) - 1.0) < 1e-9
+    assert optimizer_matches_model(opt, model)
+
+
+def test_higher_input_variance_gets_higher_rank_with_gamma_zero():
+    model, controller, _ = toy_run(gamma=0.0, use_b=False, scale_b=3.0)
+    # Paper-literal rule: the rank follows the input variance even for the useless layer b.
+    assert model.ranks()["b"] > model.ranks()["a"]
+    variance = controller.history[-1]["variance"]
+    assert variance[1] == pytest.approx(9 * variance[0], rel=0.05)
+
+
+def test_budget_default_is_uniform_lora_and_met_exactly_every_time():
+    model, controller, _ = toy_run(use_b=False)
+    assert controller.budget == 4 * (32 + 32)
+    assert all(h["parameters"] == controller.budget for h in controller.history)
+    assert sum(r * 32 for r in model.ranks().values()) == controller.budget
+    # A budget the costs cannot meet exactly: never exceeded, within one rank's cost.
+    model, controller, _ = toy_run(use_b=False, budget=300)
+    assert all(300 - 32 < h["parameters"] <= 300 for h in controller.history)
+
+
+def bert_controller(total_steps=24, seed=0, **overrides):
+    settings = dict(r=4, modules_to_save=["classifier"], t_warmup=4, t_final=total_steps, delta_t=4,
+                    stats_every=2, r_min=0)
+    settings.update(overrides)
+    model = get_lora_model(quiet_bert(seed), DynamicLoraConfig(**settings))
+    opt = torch.optim.AdamW(trainable(model), lr=2e-2)
+    return model, opt, AllocationController(model, opt, total_steps=total_steps)
+
+
+def test_bert_reallocation_keeps_optimizer_exact_and_training_running():
+    model, opt, controller = bert_controller()
+    records = run_steps(model, controller, opt, bert_batches(24))
+    assert len(records) == 5 and any(r["changed"] for r in records)
+    assert len(set(model.ranks().values())) > 1
+    assert optimizer_matches_model(opt, model)
+    assert all(r["parameters"] == controller.budget for r in records)
+    # The allocation weights are what the layers use: w_l scales the update.
+    adapter = next(iter(model.adapter_modules().values()))
+    assert float(adapter.weight) == pytest.approx(float(controller.weights[0]))
+
+
+def test_gradient_accumulation_gives_the_same_allocation():
+    batches = bert_batches(16, batch=8)
+    torch.manual_seed(5)
+    model1, opt1, c1 = bert_controller(total_steps=16)
+    run_steps(model1, c1, opt1, batches)
+    torch.manual_seed(5)
+    model2, opt2, c2 = bert_controller(total_steps=16)
+    run_steps(model2, c2, opt2, [part for b in batches for part in split(b, 2)], accumulation=2)
+    assert model1.ranks() == model2.ranks() and len(set(model1.ranks().values())) > 1
+    assert torch.allclose(c1.weights, c2.weights, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(c1.importance, c2.importance, rtol=1e-3, atol=1e-9)
+    for h1, h2 in zip(c1.history, c2.history):
+        assert h1["ranks"] == h2["ranks"]
+        assert h1["variance"] == pytest.approx(h2["variance"], rel=1e-6)  # float32 activations
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run():
+    batches = bert_batches(24)
+    torch.manual_seed(7)
+    model, opt, controller = bert_controller()
+    run_steps(model, controller, opt, batches)
+
+    torch.manual_seed(7)
+    model_a, opt_a, c_a = bert_controller()
+    run_steps(model_a, c_a, opt_a, batches[:10])
+    saved = json.loads(json.dumps(c_a.state_dict()))  # plain data
+    model_state = copy.deepcopy(model_a.state_dict())
+    opt_state = copy.deepcopy(opt_a.state_dict())
+    rng = torch.get_rng_state()
+    assert len(set(c_a.ranks().values())) > 1  # the checkpoint has non-uniform ranks
+
+    model_b, opt_b, c_b = bert_controller(seed=3)  # a different init: everything must come back
+    c_b.load_state_dict(saved)  # first: resizes to the saved ranks
+    model_b.load_state_dict(model_state)
+    opt_b.load_state_dict(opt_state)
+    torch.set_rng_state(rng)
+    run_steps(model_b, c_b, opt_b, batches[10:])
+    assert model_b.ranks() == model.ranks()
+    assert torch.equal(c_b.weights, controller.weights)
+    assert c_b.history == controller.history
+    for (name, p), q in zip(model.named_parameters(), model_b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_export_of_a_dynamic_adapter_loads_in_peft_with_the_same_logits(tmp_path):
+    peft = pytest.importorskip("peft")
+    model, opt, controller = bert_controller()
+    run_steps(model, controller, opt, bert_batches(24))
+    adapters = model.adapter_modules()
+    first = next(iter(adapters))
+    resize_adapter(adapters[first], 0, optimizer=opt)  # one layer switched off entirely
+    ranks = model.ranks()
+    assert ranks[first] == 0 and len({r for r in ranks.values() if r}) > 1
+    assert len({round(float(a.weight), 4) for a in adapters.values()}) > 1
+    model.eval()
+    x = bert_batches(1, batch=3)[0]
+    ours = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits
+    model.export_peft(tmp_path / "peft")
+    document = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert document["rank_pattern"] and first not in document["target_modules"]
+    loaded = peft.PeftModel.from_pretrained(quiet_bert().eval(), tmp_path / "peft")
+    for name, module in loaded.named_modules():
+        if name.endswith(("query", "value")) and hasattr(module, "lora_A") and "default" in module.lora_A:
+            assert module.lora_A["default"].weight.shape[0] == ranks[name.removeprefix("base_model.model.")]
+    theirs = loaded(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    # Our own format keeps the ranks (rank 0 included), weights and config class too.
+    model.save_pretrained(tmp_path / "ours")
+    back = DynaLoraModel.from_pretrained(quiet_bert().eval(), tmp_path / "ours")
+    assert back.ranks() == ranks and isinstance(back.configs["default"], DynamicLoraConfig)
+    again = back(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits
+    assert torch.allclose(ours, again, atol=1e-6)
+
+
+def test_regulariser_terms():
+    model, _, controller = bert_controller()
+    assert controller.loss_terms().shape == () and float(controller.loss_terms()) == 0.0
+    model, _, controller = bert_controller(lambda_a=0.1, lambda_b=0.2, lambda_orth=0.3)
+    for adapter in model.adapter_modules().values():
+        torch.nn.init.normal_(adapter.lora_B)
+    adapters = list(model.adapter_modules().values())
+    expected = sum(0.1 * a.lora_A.pow(2).sum() + 0.2 * a.lora_B.pow(2).sum()
+                   + 0.3 * ((a.lora_A @ a.lora_A.T - torch.eye(4)).pow(2).sum()
+                            + (a.lora_B.T @ a.lora_B - torch.eye(4)).pow(2).sum()) for a in adapters)
+    term = controller.loss_terms()
+    assert torch.allclose(term, expected)
+    term.backward()
+    assert all(a.lora_A.grad is not None and a.lora_A.grad.abs().sum() > 0 for a in adapters)
+
+
+def test_controller_misuse_is_reported_clearly():
+    plain = get_lora_model(quiet_bert(), LoraConfig(r=2))
+    with pytest.raises(TypeError, match="DynamicLoraConfig or Rank1LoraConfig"):
+        AllocationController(plain)
+    model = get_lora_model(quiet_bert(), DynamicLoraConfig(r=2))
+    controller = AllocationController(model)
+    with pytest.raises(ConfigError, match="total_steps"):
+        controller.after_optimizer_step()
+    with pytest.raises(ValueError, match="does not hold the adapter parameters"):
+        controller.attach_optimizer(torch.optim.SGD(model.base_model.classifier.parameters(), lr=0.1))
+    with pytest.raises(ConfigError, match="budget"):
+        AllocationController(get_lora_model(quiet_bert(), DynamicLoraConfig(r=2, r_min=1, budget=10)))
+    other = AllocationController(get_lora_model(quiet_bert(), DynamicLoraConfig(r=2)), total_steps=10)
+    with pytest.raises(ValueError, match="method"):
+        other.load_state_dict({"method": "rank1"})
+
+
+def test_plot_writes_a_png(tmp_path):
+    model, opt, controller = bert_controller()
+    run_steps(model, controller, opt, bert_batches(12))
+    controller.plot(tmp_path / "ranks.png")
+    assert (tmp_path / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,98 @@
+"""Rank-1 Sum LoRA: proximal L1 on gates, sensitivity, pruning that removes components."""
+
+import pytest
+import torch
+from allocation_helpers import TwoLayerToy, optimizer_matches_model, trainable
+
+from dynalora import get_lora_model
+from dynalora.allocation import AllocationController, Rank1LoraConfig
+
+
+def toy(config: Rank1LoraConfig, lr: float = 0.03):
+    model = get_lora_model(TwoLayerToy(use_b=False), config)
+    opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=0.0)
+    return model, opt, AllocationController(model, opt)
+
+
+def steps(model, opt, controller, n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    records = []
+    for _ in range(n):
+        model(torch.randn(64, 16, generator=gen)).backward()
+        opt.step()
+        record = controller.after_optimizer_step()
+        records += [record] if record else []
+        opt.zero_grad()
+    return records
+
+
+def test_l1_drives_useless_gates_to_exactly_zero_and_pruning_removes_them():
+    config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=1.0, prune_start=10, prune_end=40,
+                             prune_every=10)
+    model, opt, controller = toy(config)
+    adapters = model.adapter_modules()
+    steps(model, opt, controller, 35)
+    # b's output does not reach the loss: its gates only feel the L1 step, and end exactly 0.
+    assert torch.equal(adapters["b"].gate.detach(), torch.zeros(4))
+    assert bool((adapters["a"].gate.detach() != 0).all())
+    records = steps(model, opt, controller, 5, seed=1)
+    assert records[-1]["step"] == 40 and records[-1]["removed"] == {"b": 4}
+    assert model.ranks() == {"a": 4, "b": 0}
+    b = adapters["b"]
+    assert b.lora_A.shape == (0, 16) and b.lora_B.shape == (16, 0) and b.gate.shape == (0,)
+    assert optimizer_matches_model(opt, model)
+    steps(model, opt, controller, 3, seed=2)  # training goes on after the removal
+
+
+def test_soft_threshold_is_lr_scaled_and_needs_the_optimizer():
+    config = Rank1LoraConfig(r=3, target_modules=["a", "b"], l1=2.0, prune_start=100, prune_end=100,
+                             prune_every=1)
+    model, opt, controller = toy(config, lr=0.01)
+    gate = model.adapter_modules()["b"].gate
+    steps(model, opt, controller, 1)
+    assert torch.allclose(gate.detach(), torch.full((3,), 1 - 0.01 * 2.0))  # zero gradient: only the prox
+    loose = AllocationController(get_lora_model(TwoLayerToy(), config))
+    with pytest.raises(RuntimeError, match="learning rate"):
+        loose.after_optimizer_step()
+
+
+def test_sensitivity_pruning_meets_the_component_budget():
+    config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=0.0, prune_by="sensitivity", budget=3,
+                             prune_start=5, prune_end=20, prune_every=5)
+    model, opt, controller = toy(config)
+    records = steps(model, opt, controller, 20)
+    targets = [r["target"] for r in records]
+    assert targets == sorted(targets, reverse=True) and targets[-1] == 3
+    assert all(r["components"] <= r["target"] for r in records)
+    # b is insensitive (no effect on the loss): it goes first; a keeps the budget.
+    assert model.ranks() == {"a": 3, "b": 0}
+    assert optimizer_matches_model(opt, model)
+    assert controller.sensitivity["a"].shape == (3,) and bool((controller.sensitivity["a"] > 0).all())
+
+
+def test_input_conditional_gates_prune_by_sensitivity_but_never_merge():
+    config = Rank1LoraConfig(r=4, target_modules=["a", "b"], gating="input", budget=4,
+                             prune_start=4, prune_end=12, prune_every=4)
+    model, opt, controller = toy(config)
+    steps(model, opt, controller, 12)
+    adapters = model.adapter_modules()
+    assert sum(model.ranks().values()) == 4 and adapters["b"].gate_proj.weight.shape[0] == model.ranks()["b"]
+    assert optimizer_matches_model(opt, model)
+    with pytest.raises(RuntimeError, match="cannot be merged"):
+        model.merge()
+    assert not any(layer.merged for layer in model.lora_layers().values())
+
+
+def test_rank1_state_round_trip_resizes_first():
+    config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=1.0, prune_start=10, prune_end=40,
+                             prune_every=10)
+    model, opt, controller = toy(config)
+    steps(model, opt, controller, 40)
+    state, weights = controller.state_dict(), model.state_dict()
+    fresh, fresh_opt, fresh_controller = toy(config)
+    fresh_controller.load_state_dict(state)
+    fresh.load_state_dict(weights)
+    fresh_opt.load_state_dict(opt.state_dict())
+    assert fresh.ranks() == model.ranks() == {"a": 4, "b": 0}
+    assert fresh_controller.step == 40 and fresh_controller.history == controller.history
+    assert optimizer_matches_model(fresh_opt, fresh)

@@ -1,0 +1,43 @@
+"""Dynamic LoRA inside transformers.Trainer, through DynamicLoraCallback."""
+
+import torch
+from allocation_helpers import bert_batches, optimizer_matches_model, quiet_bert
+
+from dynalora import get_lora_model
+from dynalora.allocation import AllocationController, DynamicLoraCallback, DynamicLoraConfig
+from dynalora.allocation.resize import unwrap_optimizer
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        batch = bert_batches(1, batch=n, seq=12)[0]
+        self.rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def test_trainer_run_reallocates_ranks(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], delta_t=3, stats_every=2)
+    model = get_lora_model(quiet_bert(), config)
+    controller = AllocationController(model)  # optimizer and run length come from the Trainer
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        learning_rate=2e-2, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+        remove_unused_columns=False, dataloader_num_workers=0, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(64), callbacks=[DynamicLoraCallback(controller)])
+    trainer.train()
+    # Schedule from max_steps=30: warm-up 3, final 21, every 3 -> reallocations at 6, 9, ..., 21.
+    assert controller.schedule == (3, 21, 3)
+    assert [h["step"] for h in controller.history] == [6, 9, 12, 15, 18, 21]
+    assert controller.step == 30  # once per optimizer step, not per micro-batch
+    assert len(set(model.ranks().values())) > 1
+    assert sum(h["parameters"] == controller.budget for h in controller.history) == 6
+    assert optimizer_matches_model(unwrap_optimizer(trainer.optimizer), model)
+    assert not controller.stats.attached
