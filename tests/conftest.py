@@ -45,7 +45,7 @@ def tiny_gpt2(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: module-scoped fixtures train on it once
 def glue_dir() -> Path:
     if not GLUE_DIR.is_dir():
         pytest.skip(f"GLUE data not found at {GLUE_DIR}")
@@ -88,3 +88,19 @@ def tiny_chat_tokenizer(chat: bool = True, merges: list[tuple[str, str]] | None 
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT model folder with its word-level tokenizer (tests/training_helpers.py)."""
+    from training_helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GLUE-layout folder holding the tiny SST-2-style task (read-only for tests)."""
+    from training_helpers import make_sst_dir
+
+    return make_sst_dir(tmp_path_factory.mktemp("tiny_glue"))

@@ -1,6 +1,7 @@
 """Dynamic LoRA through the AllocationController: allocation, budget, equivalences, resume, export."""
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -19,19 +20,26 @@ from dynalora import ConfigError, DynaLoraModel, LoraConfig, get_lora_model
 from dynalora.allocation import AllocationController, DynamicLoraConfig, resize_adapter
 
 
-def toy_run(steps=40, gamma=1.0, use_b=True, scale_b=1.0, **overrides):
-    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=5, t_final=steps, delta_t=5,
+def toy_run(steps=40, gamma=1.0, use_b=True, scale_b=1.0, t_final=None, **overrides):
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=5, t_final=t_final or steps, delta_t=5,
                                stats_every=1, gamma=gamma, **overrides)
     model = get_lora_model(TwoLayerToy(use_b=use_b, scale_b=scale_b), config)
     opt = torch.optim.AdamW(trainable(model), lr=1e-2)
     controller = AllocationController(model, opt)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    toy_steps(model, controller, opt, steps)
+    return model, controller, opt
+
+
+def toy_steps(model, controller, opt, n, seed=0, each=None):
+    """n optimizer steps on random inputs; `each(step)` runs after every controller step."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
         model(torch.randn(64, 16, generator=gen)).backward()
         opt.step()
         controller.after_optimizer_step()
         opt.zero_grad()
-    return model, controller, opt
+        if each is not None:
+            each(controller.step)
 
 
 def test_the_only_layer_that_matters_gets_the_larger_weight_and_rank():
@@ -60,6 +68,86 @@ def test_budget_default_is_uniform_lora_and_met_exactly_every_time():
     # A budget the costs cannot meet exactly: never exceeded, within one rank's cost.
     model, controller, _ = toy_run(use_b=False, budget=300)
     assert all(300 - 32 < h["parameters"] <= 300 for h in controller.history)
+
+
+def test_weights_move_every_step_towards_a_target_refreshed_every_weight_every_steps():
+    model, controller, opt = toy_run(steps=5, t_final=40, weight_every=4)
+    assert controller.weight_target is None and torch.equal(controller.weights, torch.ones(2, dtype=torch.float64))
+    weights, targets = [], []
+    toy_steps(model, controller, opt, 8, seed=1, each=lambda step: (
+        weights.append(controller.weights.clone()), targets.append(controller.weight_target.clone())))
+    # Steps 6..13: the target is recomputed at 6 and 10 (t_warmup + 1 + k * weight_every) only,
+    assert [torch.equal(a, b) for a, b in itertools.pairwise(targets)] == [True] * 3 + [False] + [True] * 3
+    # while the weights take an EMA step towards it every step, keeping mean 1.
+    assert not any(torch.equal(a, b) for a, b in itertools.pairwise(weights))
+    assert all(abs(float(w.mean()) - 1.0) < 1e-12 for w in weights)
+    expected = weights[0].lerp(targets[1], 1 - 0.9)  # weight_beta 0.9
+    assert torch.equal(weights[1], expected)
+    exact = toy_run(steps=12, t_final=40, weight_every=1)[1]
+    assert not torch.equal(exact.weight_target, controller.weight_target)  # 1: recomputed every step
+
+
+def test_overflowed_gradients_do_not_poison_the_allocation():
+    # An fp16 step the loss scaler skipped still reaches after_optimizer_step with inf/nan grads.
+    model, controller, opt = toy_run(steps=12, t_final=40, uncertainty=True)
+    before = controller.importance.clone()
+    adapters = model.adapter_modules()
+    model(torch.randn(64, 16)).backward()
+    adapters["b"].lora_B.grad.fill_(float("inf"))
+    adapters["a"].lora_A.grad[0, 0] = float("nan")
+    controller.after_optimizer_step()  # the optimizer skipped this step; the controller must too
+    opt.zero_grad()
+    assert torch.allclose(controller.importance, before, rtol=1e-6)
+    assert bool(torch.isfinite(controller.uncertainty).all() and torch.isfinite(controller.weights).all())
+    assert all(torch.isfinite(a.weight) for a in adapters.values())
+    toy_steps(model, controller, opt, 8, seed=3)  # training and reallocation go on with valid numbers
+    assert controller.history[-1]["step"] == 20 and controller.history[-1]["parameters"] == controller.budget
+
+
+def test_a_step_between_reallocations_never_reads_the_device():
+    # Meta tensors hold no data, so any host read (.item(), bool(), nonzero) raises: steps that
+    # complete on "meta" cannot synchronise with an accelerator. Covers importance (with the
+    # uncertainty term), the weight update written into the layers, and sampled input statistics.
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=1, t_final=50, delta_t=40,
+                               stats_every=1, uncertainty=True)
+    with torch.device("meta"):
+        model = get_lora_model(TwoLayerToy(), config)
+    controller = AllocationController(model, total_steps=50)
+    for _ in range(3):
+        model(torch.randn(8, 16, device="meta")).backward()
+        controller.after_optimizer_step()
+        model.zero_grad()
+    assert controller.step == 3 and controller.weights.device.type == "meta"
+    assert all(m.total.device.type == "meta" for m in controller.stats.moments.values())
+
+
+class Funnel(torch.nn.Module):
+    """Adapted layers of different shapes: a is 48 x 16, b is 8 x 48 (out x in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(16, 48), torch.nn.Linear(48, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.b(torch.tanh(self.a(x))) - x[:, :8]).pow(2).mean()
+
+
+def test_budget_counts_the_real_sizes_of_A_and_B_in_layers_of_different_shapes():
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=2, t_final=12, delta_t=2, stats_every=1)
+    model = get_lora_model(Funnel(), config)
+    opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+    controller = AllocationController(model, opt)
+    assert controller.budget == 4 * (16 + 48) + 4 * (48 + 8)  # uniform LoRA at r = 4
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        model(torch.randn(32, 16, generator=gen)).backward()
+        opt.step()
+        controller.after_optimizer_step()
+        opt.zero_grad()
+    live = sum(a.lora_A.numel() + a.lora_B.numel() for a in model.adapter_modules().values())
+    assert live == controller.history[-1]["parameters"] <= controller.budget
+    assert len(controller.history) == 5 and model.ranks() != {"a": 4, "b": 4}
 
 
 def bert_controller(total_steps=24, seed=0, **overrides):

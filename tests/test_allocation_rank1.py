@@ -6,6 +6,7 @@ from allocation_helpers import TwoLayerToy, optimizer_matches_model, trainable
 
 from dynalora import get_lora_model
 from dynalora.allocation import AllocationController, Rank1LoraConfig
+from dynalora.allocation.gates import soft_threshold_
 
 
 def toy(config: Rank1LoraConfig, lr: float = 0.03):
@@ -96,3 +97,27 @@ def test_rank1_state_round_trip_resizes_first():
     assert fresh.ranks() == model.ranks() == {"a": 4, "b": 0}
     assert fresh_controller.step == 40 and fresh_controller.history == controller.history
     assert optimizer_matches_model(fresh_opt, fresh)
+
+
+def test_soft_threshold_matches_softshrink_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    gates = [torch.randn(n, generator=gen) * 0.1 for n in (5, 0, 7, 3)]
+    thresholds = [0.05, 0.05, 0.08, 0.0]  # an empty gate and a zero threshold are skipped
+    expected = [torch.nn.functional.softshrink(g, t) if t > 0 else g.clone() for g, t in zip(gates, thresholds)]
+    soft_threshold_(gates, thresholds)
+    assert all(torch.equal(g, e) for g, e in zip(gates, expected))
+    assert int((gates[0] == 0).sum()) > 0  # small gates are exactly zero
+
+
+def test_overflowed_gradients_leave_component_sensitivity_finite():
+    config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=0.0, prune_by="sensitivity", budget=3,
+                             prune_start=20, prune_end=30, prune_every=5)
+    model, opt, controller = toy(config)
+    steps(model, opt, controller, 4)
+    before = {n: s.clone() for n, s in controller.sensitivity.items()}
+    model(torch.randn(64, 16)).backward()
+    model.adapter_modules()["a"].gate.grad.fill_(float("inf"))  # a skipped fp16 step
+    controller.after_optimizer_step()
+    opt.zero_grad()
+    assert torch.allclose(controller.sensitivity["a"], before["a"], rtol=1e-6)
+    assert all(bool(torch.isfinite(s).all()) for s in controller.sensitivity.values())

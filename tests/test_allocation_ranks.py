@@ -124,6 +124,7 @@ def test_rank_scores_variance_and_gamma():
     ({"gating": "scalar"}, "gating"),
     ({"importance_beta": 1.0}, "importance_beta"),
     ({"stats_every": 0}, "stats_every"),
+    ({"weight_every": 0}, "weight_every"),
 ])
 def test_dynamic_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}="):

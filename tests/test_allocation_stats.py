@@ -72,3 +72,43 @@ def test_token_subsample_is_strided_and_draws_no_random_numbers():
     assert torch.equal(torch.get_rng_state(), rng)
     counts = {m.count for m in stats.moments.values()}
     assert counts == {7}  # 40 tokens at stride ceil(40/7) = 6 -> 7 rows
+
+
+class MaskedToy(torch.nn.Module):
+    """One adapted projection called with an attention_mask keyword, like a transformer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(x)
+
+
+def test_sampled_forward_never_reads_the_device():
+    # Meta tensors hold no data: any host read (.item(), bool(), boolean-mask indexing) raises,
+    # so a forward that completes on "meta" cannot have synchronised with an accelerator.
+    model = get_lora_model(MaskedToy(), LoraConfig(r=2, target_modules=["proj"]))
+    layers = model.lora_layers()
+    stats = InputStatistics(model.base_model, layers, max_tokens=16)
+    model.to("meta")
+    stats.attach()
+    x = torch.randn(3, 10, 8, device="meta")
+    mask = torch.ones(3, 10, dtype=torch.long, device="meta")
+    model(x, attention_mask=mask)
+    model(x, attention_mask=mask)
+    stats.detach()
+    assert stats.moments["proj"].total.device.type == "meta"
+    # The same masked, strided sampling on real data: 30 rows at stride 2; of the 15 sampled
+    # rows, positions 6 and 8 of each sequence are padding and left out.
+    model = get_lora_model(MaskedToy(), LoraConfig(r=2, target_modules=["proj"]))
+    stats = InputStatistics(model.base_model, model.lora_layers(), max_tokens=16)
+    x = torch.randn(3, 10, 8)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[:, 6:] = 0
+    stats.attach()
+    model(x, attention_mask=mask)
+    stats.detach()
+    sampled = x.reshape(30, 8)[::2][mask.reshape(30)[::2] != 0]
+    assert stats.moments["proj"].count == sampled.shape[0] == 9
+    assert abs(stats.variances(["proj"])[0].item() - mean_feature_variance(sampled)) < 1e-9

@@ -1,11 +1,15 @@
 """Dynamic LoRA inside transformers.Trainer, through DynamicLoraCallback."""
 
+import json
+
+import pytest
 import torch
 from allocation_helpers import bert_batches, optimizer_matches_model, quiet_bert
 
 from dynalora import get_lora_model
 from dynalora.allocation import AllocationController, DynamicLoraCallback, DynamicLoraConfig
 from dynalora.allocation.resize import unwrap_optimizer
+from dynalora.files import AdapterFileError
 
 
 class Rows(torch.utils.data.Dataset):
@@ -41,3 +45,37 @@ def test_trainer_run_reallocates_ranks(tmp_path):
     assert sum(h["parameters"] == controller.budget for h in controller.history) == 6
     assert optimizer_matches_model(unwrap_optimizer(trainer.optimizer), model)
     assert not controller.stats.attached
+
+
+def trainer_run(output_dir, max_steps, resume=None):
+    from transformers import Trainer, TrainingArguments
+
+    config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], t_warmup=2, t_final=10, delta_t=2,
+                               stats_every=2)
+    model = get_lora_model(quiet_bert(), config)
+    callback = DynamicLoraCallback(AllocationController(model))
+    if resume is not None:
+        callback.load_checkpoint(resume)  # resizes first, so the Trainer can load the weights
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-2,
+        report_to=[], save_strategy="steps", save_steps=6, logging_strategy="no", use_cpu=True,
+        remove_unused_columns=False, dataloader_num_workers=0, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(48), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    return model, callback.controller
+
+
+def test_trainer_checkpoints_carry_the_controller_and_resume_at_the_saved_ranks(tmp_path):
+    model, controller = trainer_run(tmp_path / "a", max_steps=12)
+    saved = json.loads((tmp_path / "a" / "checkpoint-6" / "allocation_controller.json").read_text())
+    assert saved["step"] == 6 and [h["step"] for h in saved["history"]] == [4, 6]
+    assert len(set(saved["ranks"].values())) > 1  # resuming needs real resizing
+
+    resumed, c2 = trainer_run(tmp_path / "b", max_steps=12, resume=tmp_path / "a" / "checkpoint-6")
+    assert c2.step == 12 and [h["step"] for h in c2.history] == [4, 6, 8, 10]
+    assert c2.history == controller.history and resumed.ranks() == model.ranks()
+    for (name, p), q in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    with pytest.raises(AdapterFileError, match="allocation controller state"):
+        DynamicLoraCallback(c2).load_checkpoint(tmp_path)

@@ -31,7 +31,7 @@ def data(tmp_path):
 
 def sft(model_dir, data, out, *extra) -> dict:
     code = main(["sft", "--data", str(data), "--model", str(model_dir), "--output", str(out), "--max-length", "40",
-                 "--epochs", "2", "--lr", "0.01", "--no-progress", *extra])
+                 "--epochs", "2", "--lr", "0.01", "--no-progress", "--max-new-tokens", "8", *extra])
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
@@ -41,6 +41,8 @@ def test_sft_then_generate_from_the_adapter_alone(model_dir, data, tmp_path, cap
                   "--method-options", "t_warmup=1", "delta_t=1", "t_final=4")
     assert metrics["method"] == "dynamic" and metrics["metrics"]["loss"] < metrics["initial_metrics"]["loss"]
     assert metrics["n_examples"] == 1  # no --eval-data: 5 percent of 12 records held out (at least one)
+    samples = (tmp_path / "a" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 1 and (tmp_path / "a" / "report.md").is_file()  # --samples 3, but 1 held out
     capsys.readouterr()
     assert main(["generate", "--adapter", str(tmp_path / "a"), "--prompt", "double 3", "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out

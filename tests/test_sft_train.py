@@ -29,7 +29,7 @@ def data(tmp_path):
 def config(data, out, **kw) -> SftConfig:
     settings = {"data": str(data), "eval_data": str(data), "output": str(out), "model": "tiny",
                 "max_length": 48, "batch_size": 4, "lr": 5e-3, "progress": False, "dropout": 0.0,
-                "warmup_ratio": 0.0, **kw}
+                "warmup_ratio": 0.0, "max_new_tokens": 8, **kw}
     return SftConfig(**settings)
 
 

@@ -16,7 +16,8 @@ from dynalora.adapters.config import ConfigError, LoraConfig, check
 
 # Fractions of total_steps used when a schedule field is None. Warm-up 10%: B starts at 0,
 # so importance is meaningless for the first steps. Final 70%: ranks freeze with 30% of the
-# run left so the last shapes converge. 20 reallocations in between at most.
+# run left so the last shapes converge. delta_t = total/20, which gives about 12
+# reallocations between warm-up and final.
 WARMUP_FRACTION = 0.10
 FINAL_FRACTION = 0.70
 REALLOCATIONS = 20
@@ -30,18 +31,36 @@ class DynamicLoraConfig(LoraConfig):
     what uniform LoRA at `r` uses (`sum_l r (d_l + k_l)`), so comparisons are at equal size.
 
     Importance (2a): `importance_beta` is the EMA coefficient of I_l; `uncertainty=True` uses
-        AdaLoRA's score EMA(I) * EMA(|I - EMA(I)|) (coefficient `uncertainty_beta`).
-    Weights (2b): `weighting` "softmax" (temperature `tau`, applied to I / mean(I) so tau is
-        scale-free) or "linear" (I / sum I); target w = L * alpha, smoothed per step with EMA
-        coefficient `weight_beta`, clamped to [w_min, w_max] and renormalised to mean 1.
-    Ranks (2c): r_l ~ r * (1 + beta * v~_l) * w_l ** gamma; gamma=0 is the paper-literal rule
-        (rank from input variance only). Input variance is sampled every `stats_every` steps
-        on at most `stats_max_tokens` tokens per layer. Ranks are clamped to [r_min, r_max]
-        (r_max None: 4 * r) and projected onto `budget` parameters; `budget_exact` spends it
-        as fully as integer ranks allow (largest remainder), else only caps it.
-    Schedule (2d): reallocate every `delta_t` steps from `t_warmup` to `t_final`.
+        AdaLoRA's score EMA(I) * EMA(|I - EMA(I)|) (coefficient `uncertainty_beta`). Both are
+        AdaLoRA's defaults (0.85). Read every optimizer step from step 1 to t_final, so the
+        EMA is warm when allocation starts.
+    Weights (2b): `weighting` "softmax" (temperature `tau`) or "linear" (I / sum I); target
+        w = L * alpha, clamped to [w_min, w_max] and renormalised to mean 1, recomputed every
+        `weight_every` steps; the weights move one EMA step (coefficient `weight_beta`)
+        towards it every step. Refreshing the target every few steps instead of every step
+        changes little (the importance EMA it follows has a time constant of ~7 steps) and
+        cuts the controller's per-step kernel launches by more than half, which is what
+        counts on a GPU where small steps are launch-bound; weight_every=1 is the exact rule.
+        Deviation from METHOD.md's softmax(I / tau): the softmax acts on I / mean(I), because
+        raw importance has no fixed scale (it moves with the loss, the model and the learning
+        rate, and is often orders of magnitude below 1, where any practical tau gives
+        near-uniform weights), so tau means the same in every run.
+    Ranks (2c): r_l ~ r * (1 + beta * v~_l) * w_l ** gamma, with w_l the smoothed weight the
+        layer actually uses (METHOD.md's L * alpha_l). gamma=0 is the paper-literal rule (rank
+        from input variance only); the default 1 lets importance move ranks too, otherwise it
+        would only scale updates. Input variance is sampled every `stats_every` steps on at
+        most `stats_max_tokens` tokens per layer. Ranks are clamped to [r_min, r_max] (r_max
+        None: 4 * r) and projected onto `budget` parameters (sum_l r_l (d_l + k_l); None: what
+        uniform LoRA at r uses); `budget_exact` spends it as fully as integer ranks allow
+        (largest remainder), else only caps it. Since the projection rescales the real-valued
+        ranks, only the ratios of r * (1 + beta v~) * w ** gamma matter when `budget_exact`.
+    Schedule (2d): the first reallocation is at t_warmup + delta_t (at t_warmup the weights are
+        still 1, so ranks would follow the variance alone), then every `delta_t` steps up to
+        and including t_final. Weights start moving at t_warmup + 1. After t_final, ranks,
+        weights and statistics are all frozen and the controller does no per-step tensor work.
     Shrink: "svd" keeps the best rank-r approximation of B A; "importance" keeps the
-        components with the largest ||b_i|| * ||a_i||.
+        components with the largest ||b_i|| * ||a_i||. Resizing never changes the adapter's
+        `scaling` (alpha / r at creation), so growing leaves the function unchanged.
     Regulariser (2e): lambda_a * sum ||A||^2 + lambda_b * sum ||B||^2
         + lambda_orth * sum (||A A^T - I||^2 + ||B^T B - I||^2).
     """
@@ -54,6 +73,7 @@ class DynamicLoraConfig(LoraConfig):
     weighting: str = "softmax"
     tau: float = 1.0
     weight_beta: float = 0.9
+    weight_every: int = 5
     w_min: float = 0.25
     w_max: float = 4.0
     beta: float = 1.0
@@ -86,6 +106,7 @@ class DynamicLoraConfig(LoraConfig):
         check(self.w_max >= 1.0, "w_max", "must be >= 1 (weights have mean 1)", self.w_max)
         check(self.beta >= 0, "beta", "must be >= 0", self.beta)
         check(self.gamma >= 0, "gamma", "must be >= 0", self.gamma)
+        check(_pos_int(self.weight_every), "weight_every", "must be a positive integer", self.weight_every)
         check(_pos_int(self.stats_every), "stats_every", "must be a positive integer", self.stats_every)
         check(_pos_int(self.stats_max_tokens), "stats_max_tokens", "must be a positive integer",
               self.stats_max_tokens)

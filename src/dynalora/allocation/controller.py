@@ -107,6 +107,7 @@ class AllocationController:
         self.importance = torch.zeros(n, device=device)
         self.uncertainty = torch.zeros(n, device=device)
         self.weights = torch.stack([a.weight.detach().to(torch.float64) for a in self.adapters.values()]).to(device)
+        self.weight_target: torch.Tensor | None = None  # what the weights move towards (2b)
         layers = self.model.lora_layers()
         self.stats = InputStatistics(self.model.base_model, {name: layers[name] for name in self.names},
                                      cfg.stats_max_tokens)
@@ -171,7 +172,7 @@ class AllocationController:
         if t <= final:
             self._track_importance(cfg)
             if t > warmup:
-                self._move_weights(cfg)
+                self._move_weights(cfg, refresh=(t - warmup - 1) % cfg.weight_every == 0)
             if t > warmup and (t - warmup) % delta == 0:
                 record = self._reallocate(cfg)
         self._set_hooks_for(t + 1)
@@ -195,30 +196,37 @@ class AllocationController:
         if got is None:
             return
         values, present = got
-        b = cfg.importance_beta
-        if len(present) == len(self.names):  # the usual case: no indexing
-            ema = self.importance.mul_(b).add_(values, alpha=1 - b)
-            if cfg.uncertainty:
-                self.uncertainty.mul_(cfg.uncertainty_beta).add_((values - ema).abs(), alpha=1 - cfg.uncertainty_beta)
-            return
         # Layers at rank 0 have no gradients: they keep their last estimate.
-        idx = self._index(present, values.device)
-        ema = self.importance[idx] * b + values * (1 - b)
+        idx = None if len(present) == len(self.names) else self._index(present, values.device)
+        old = self.importance if idx is None else self.importance[idx]
+        # Overflowed gradients (an fp16 step the loss scaler skipped) would poison the EMA for
+        # good: a non-finite reading counts as "no change", decided on the device (no sync).
+        values = torch.where(torch.isfinite(values), values, old)
+        ema = old.lerp(values, 1 - cfg.importance_beta)  # b * old + (1 - b) * values, one kernel
+        if cfg.uncertainty:
+            old_u = self.uncertainty if idx is None else self.uncertainty[idx]
+            unc = old_u.lerp((values - ema).abs(), 1 - cfg.uncertainty_beta)
+        if idx is None:
+            self.importance = ema
+            if cfg.uncertainty:
+                self.uncertainty = unc
+            return
         self.importance[idx] = ema
         if cfg.uncertainty:
-            ub = cfg.uncertainty_beta
-            self.uncertainty[idx] = self.uncertainty[idx] * ub + (values - ema).abs() * (1 - ub)
+            self.uncertainty[idx] = unc
 
     def score(self) -> torch.Tensor:
         """Per-layer importance used for the weights: EMA(I), or EMA(I) * EMA(|I - EMA(I)|)."""
         cfg: DynamicLoraConfig = self.config  # type: ignore[assignment]
         return self.importance * self.uncertainty if cfg.uncertainty else self.importance
 
-    def _move_weights(self, cfg: DynamicLoraConfig) -> None:
-        n = len(self.names)
-        target = clamp_to_mean_one(n * allocation_shares(self.score(), cfg.weighting, cfg.tau), cfg.w_min, cfg.w_max)
+    def _move_weights(self, cfg: DynamicLoraConfig, refresh: bool) -> None:
+        if refresh or self.weight_target is None:
+            n = len(self.names)
+            shares = allocation_shares(self.score(), cfg.weighting, cfg.tau)
+            self.weight_target = clamp_to_mean_one(n * shares, cfg.w_min, cfg.w_max)
         # A convex combination of mean-1 vectors within the bounds stays mean 1 and in bounds.
-        self.weights = self.weights * cfg.weight_beta + target * (1 - cfg.weight_beta)
+        self.weights = self.weights.lerp(self.weight_target, 1 - cfg.weight_beta)
         self._write_weights()
 
     def _write_weights(self) -> None:
@@ -259,8 +267,9 @@ class AllocationController:
             b = cfg.sensitivity_beta
             for name, adapter in self.adapters.items():
                 score = component_sensitivity(adapter)
-                if score is not None:
-                    self.sensitivity[name].mul_(b).add_(score, alpha=1 - b)
+                if score is not None:  # non-finite readings (skipped fp16 steps) change nothing
+                    ema = self.sensitivity[name]
+                    self.sensitivity[name] = ema * b + torch.where(torch.isfinite(score), score, ema) * (1 - b)
         if start <= t <= end and (t - start) % every == 0:
             return self._prune(cfg, t, start, end)
         return None
@@ -336,6 +345,7 @@ class AllocationController:
                 importance=self.importance.detach().cpu().tolist(),
                 uncertainty=self.uncertainty.detach().cpu().tolist(),
                 weights=self.weights.detach().cpu().tolist(),
+                weight_target=None if self.weight_target is None else self.weight_target.cpu().tolist(),
                 stats=self.stats.state_dict(),
                 budget=self.budget,
             )
@@ -375,6 +385,8 @@ class AllocationController:
             self.importance = torch.tensor(state["importance"], dtype=torch.float32, device=device)
             self.uncertainty = torch.tensor(state["uncertainty"], dtype=torch.float32, device=device)
             self.weights = torch.tensor(state["weights"], dtype=torch.float64, device=device)
+            target = state.get("weight_target")  # absent in older states: recomputed at the next step
+            self.weight_target = None if target is None else torch.tensor(target, dtype=torch.float64, device=device)
             self._write_weights()
             self.budget = int(state["budget"])
             self.stats.detach()

@@ -21,7 +21,9 @@ def layer_importance(adapters: Sequence[LoraAdapter]) -> tuple[torch.Tensor, lis
     """(I for the layers that have gradients, their indices), or None when none has any.
 
     Layers of rank 0 or without gradients are left out (the caller keeps their last value).
-    Two fused kernels for all layers: a foreach multiply and a foreach L1 norm.
+    This runs every optimizer step, so it is a handful of fused kernels for all layers at once
+    (foreach multiply, L1 norm, divide by a host-side scalar list) and never reads the device
+    or copies host data to it.
     """
     params, grads, present, sizes = [], [], [], []
     for i, adapter in enumerate(adapters):
@@ -31,14 +33,15 @@ def layer_importance(adapters: Sequence[LoraAdapter]) -> tuple[torch.Tensor, lis
         params += [A, B]
         grads += [A.grad, B.grad]
         present.append(i)
-        sizes.append(A.numel() + B.numel())
+        total = float(A.numel() + B.numel())  # the mean pools A's and B's elements
+        sizes += [total, total]
     if not params:
         return None
     with torch.no_grad():
         products = torch._foreach_mul(params, grads)
-        l1 = torch.stack(torch._foreach_norm(products, 1)).to(torch.float32).view(-1, 2).sum(dim=1)
-        sizes_t = torch.tensor(sizes, dtype=torch.float32).to(l1.device, non_blocking=True)
-        return l1 / sizes_t, present
+        # Norms accumulated and returned in float32 even for bf16 / fp16 adapters.
+        means = torch._foreach_div(torch._foreach_norm(products, 1, dtype=torch.float32), sizes)
+        return torch.stack(means).view(-1, 2).sum(dim=1), present
 
 
 def component_sensitivity(adapter: LoraAdapter) -> torch.Tensor | None:
@@ -65,10 +68,10 @@ def component_sensitivity(adapter: LoraAdapter) -> torch.Tensor | None:
 
 def regulariser(adapters: Sequence[LoraAdapter], lambda_a: float, lambda_b: float, lambda_orth: float) -> torch.Tensor:
     """lambda_a sum ||A||^2 + lambda_b sum ||B||^2 + lambda_orth sum(||AA^T - I||^2 + ||B^T B - I||^2)."""
-    live = [a for a in adapters if a.r > 0]
     device = next((a.lora_A.device for a in adapters), None)
     total = torch.zeros((), device=device)
-    if not live:
+    live = [a for a in adapters if a.r > 0] if lambda_a or lambda_b or lambda_orth else []
+    if not live:  # the usual case (all lambdas 0) costs one tiny tensor per micro-batch
         return total
     if lambda_a:
         total = total + lambda_a * sum(a.lora_A.pow(2).sum() for a in live)

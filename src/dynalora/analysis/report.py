@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from dynalora.adapters.config import ConfigError
+from dynalora.adapters.model import CONFIG_FILE
 from dynalora.analysis.amplification import amplification
 from dynalora.analysis.factors import load_base_weights, load_factors
 from dynalora.analysis.plots import amplification_bars, phi_heatmaps
 from dynalora.analysis.subspace import adapter_similarity
 from dynalora.analysis.tables import write_table
-from dynalora.files import AdapterFileError, write_json
+from dynalora.files import AdapterFileError, read_json, write_json
 
 AMPLIFICATION_COLUMNS = ["layer", "r", "delta_norm", "w0_norm", "w0_along_delta", "w0_along_w0_top",
                          "w0_along_random", "amplification", "amplification_random"]
@@ -38,12 +40,29 @@ def resolve_base(document: dict[str, Any], base: str | Path | None, adapter: str
     )
 
 
+def read_factors(adapter: str | Path) -> tuple[dict, dict[str, Any]]:
+    """load_factors, with a clear error for a run folder of a method that trains no LoRA adapter."""
+    from dynalora.training.api import RUN_FILE
+
+    folder = Path(adapter)
+    if folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / RUN_FILE).is_file():
+        method = read_json(folder / RUN_FILE, "trained run description").get("metadata", {}).get("method")
+        raise AdapterFileError(f"{folder}: a {method!r} run has no LoRA adapter to analyse; "
+                               "analyze reads lora, dynamic and rank1 runs")
+    return load_factors(folder)
+
+
 def amplification_rows(adapter: str | Path, base: str | Path | None, seed: int = 0) -> list[dict]:
-    layers, document = load_factors(adapter)
+    layers, document = read_factors(adapter)
     base_path = resolve_base(document, base, adapter)
     trained = [n for n, f in layers.items() if f.r > 0 and float(f.delta.abs().max()) > 0]
+    if not trained:
+        raise AdapterFileError(f"{adapter}: every layer's Delta W is zero (B = 0 or rank 0); nothing to analyse")
     w0 = load_base_weights(base_path, trained)
-    return [{"layer": n, **amplification(layers[n].delta, w0[n], r=layers[n].r, seed=seed)} for n in trained]
+    try:
+        return [{"layer": n, **amplification(layers[n].delta, w0[n], r=layers[n].r, seed=seed)} for n in trained]
+    except ValueError as err:  # shapes differ: another base model than the adapter's
+        raise AdapterFileError(f"{adapter} with base {base_path}: {err}; is this the adapter's base model?") from None
 
 
 def subspace_rows(grids: dict[str, np.ndarray], dims: dict[str, int]) -> list[dict]:
@@ -64,7 +83,7 @@ def analyze(adapters: list[str | Path], output: str | Path, base: str | Path | N
             source: str = "A", seed: int = 0, echo: bool = True) -> dict[str, Any]:
     """Run the analyses, write tables, PNGs and `analysis.json` into `output`; return the numbers."""
     if not 1 <= len(adapters) <= 2:
-        raise ValueError(f"give one or two adapters, got {len(adapters)}")
+        raise ConfigError(f"adapters: give one or two adapter folders, got {len(adapters)}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"adapters": [str(a) for a in adapters], "source": source}
@@ -77,9 +96,12 @@ def analyze(adapters: list[str | Path], output: str | Path, base: str | Path | N
         if echo:
             print(text)
     if len(adapters) == 2:
-        first, _ = load_factors(adapters[0])
-        second, _ = load_factors(adapters[1])
-        grids = adapter_similarity(first, second, source)
+        first, _ = read_factors(adapters[0])
+        second, _ = read_factors(adapters[1])
+        try:
+            grids = adapter_similarity(first, second, source)
+        except ValueError as err:  # no common layer, or layers of different widths
+            raise AdapterFileError(f"{adapters[0]} vs {adapters[1]}: {err}") from None
         dims = {n: (first[n].A.shape[1] if source != "delta-out" else first[n].B.shape[0]) for n in grids}
         rows = subspace_rows(grids, dims)
         text = write_table(rows, SUBSPACE_COLUMNS, output / "subspace",

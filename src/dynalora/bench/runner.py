@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dynalora.adapters.config import ConfigError
 from dynalora.bench.plots import write_plots
 from dynalora.bench.profiles import EQUAL_BUDGET_METHODS, BenchProfile, get_profile, run_dir
 from dynalora.bench.summary import write_tables
@@ -51,16 +52,21 @@ def cached_result(folder: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
     return result if result.get("spec", {}).get("train") == spec["train"] else None
 
 
+def launch_worker(folder: Path, log_prefix: str) -> int:
+    """`python -m dynalora.bench.worker folder` in a child process; returns its exit code."""
+    command = [sys.executable, "-m", "dynalora.bench.worker", str(folder)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "DYNALORA_BENCH_PREFIX": log_prefix}
+    return subprocess.run(command, env=env, check=False).returncode
+
+
 def run_one(folder: Path, spec: dict[str, Any], log_prefix: str) -> dict[str, Any]:
     """Train and measure one run in a child process; returns its result (raises if it failed)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not pass for this run's
     write_json(folder / "spec.json", spec)
-    command = [sys.executable, "-m", "dynalora.bench.worker", str(folder)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "DYNALORA_BENCH_PREFIX": log_prefix}
-    completed = subprocess.run(command, env=env, check=False)
-    if completed.returncode != 0 or not (folder / RESULT_FILE).is_file():
-        raise RuntimeError(f"{log_prefix} failed (exit code {completed.returncode}); see the output above "
-                           f"and {folder}")
+    code = launch_worker(folder, log_prefix)
+    if code != 0 or not (folder / RESULT_FILE).is_file():
+        raise RuntimeError(f"{log_prefix} failed (exit code {code}); see the output above and {folder}")
     return read_json(folder / RESULT_FILE, "bench result")
 
 
@@ -74,6 +80,24 @@ def check_budgets(results: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def preflight(specs: list[dict[str, Any]], output: Path) -> None:
+    """Mistakes every run would trip over, found before the first one starts (each run costs
+    a process start and a model load): invalid settings, a missing data or model folder."""
+    from dynalora.data import get_task
+    from dynalora.data.glue import find_task_dir
+    from dynalora.training import TrainConfig
+
+    for spec in specs:
+        train = spec["train"]
+        TrainConfig.from_dict({**train, "output": str(output)}, source=f"bench run {train['task']}/{train['method']}")
+        if train["data_dir"] is not None:
+            task = get_task(train["task"])
+            file_name, _ = task.split_source("train")
+            find_task_dir(task, Path(train["data_dir"]), file_name)
+        if train["model"] is not None and not (Path(train["model"]) / "config.json").is_file():
+            raise FileNotFoundError(f"base model not found: {train['model']} has no config.json")
+
+
 def run_bench(tasks: list[str] | None = None, methods: list[str] | None = None, seeds: list[int] | None = None,
               profile: str | BenchProfile = "quick", output: str | Path = "runs/bench",
               data_dir: str | Path | None = None, model: str | Path | None = None,
@@ -84,24 +108,27 @@ def run_bench(tasks: list[str] | None = None, methods: list[str] | None = None, 
     (`keep_going=True`) or raises. Equal-budget methods whose final adapter exceeds LoRA's
     budget are listed in `budget_warnings` of `bench.json`.
     """
-    prof = get_profile(profile) if isinstance(profile, str) else profile
-    tasks, methods = list(tasks or prof.tasks), list(methods or prof.methods)
-    seeds = list(prof.seeds if seeds is None else seeds)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     from dynalora.data import get_task
     from dynalora.training.methods import known_methods
 
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    tasks, methods = list(tasks or prof.tasks), list(methods or prof.methods)
+    seeds = list(prof.seeds if seeds is None else seeds)
     unknown = [m for m in methods if m not in known_methods()]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known: {known_methods()}")
-    tasks = [get_task(t).name for t in tasks]
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known_methods())}")
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    tasks = [get_task(t).name for t in tasks]  # unknown task -> DataError, before anything is written
+    output = Path(output)
     plan = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    specs = [run_spec(prof, task, method, seed, None if data_dir is None else str(data_dir),
+                      None if model is None else str(model)) for task, method, seed in plan]
+    preflight(specs, output)
+    output.mkdir(parents=True, exist_ok=True)
     results, failures, started = [], [], time.perf_counter()
-    for k, (task, method, seed) in enumerate(plan, start=1):
+    for k, ((task, method, seed), spec) in enumerate(zip(plan, specs), start=1):
         folder = run_dir(output, task, method, seed)
-        spec = run_spec(prof, task, method, seed, None if data_dir is None else str(data_dir),
-                        None if model is None else str(model))
         prefix = f"[{k}/{len(plan)}] {task} {method} seed {seed}"
         result = cached_result(folder, spec)
         if result is not None:
@@ -128,10 +155,10 @@ def summarise(results: list[dict[str, Any]], methods: list[str], output: Path, p
               failures: list[str]) -> None:
     with atomic_path(output / "results.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in results))
-    if not results:
-        return
-    text = write_tables(results, methods, output)
-    write_plots(results, methods, output)
+    text = ""
+    if results:
+        text = write_tables(results, methods, output)
+        write_plots(results, methods, output)
     warnings = check_budgets(results)
     write_json(output / "bench.json", {
         "profile": profile.name, "settings": profile.train_settings(), "runs": len(results),
@@ -139,6 +166,7 @@ def summarise(results: list[dict[str, Any]], methods: list[str], output: Path, p
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     })
-    print(text, flush=True)
+    if text:
+        print(text, flush=True)
     for w in warnings:
         print(f"BUDGET WARNING: {w}", flush=True)

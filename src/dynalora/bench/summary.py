@@ -13,7 +13,7 @@ from dynalora.data import get_task
 
 QUALITY = ("accuracy", "roc_auc", "f1", "recall")
 COST = ("train_seconds", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb",
-        "peak_rss_delta_mb")
+        "peak_rss_delta_mb", "peak_gpu_mb")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -71,7 +71,8 @@ def table2_rows(results: list[dict[str, Any]], methods: list[str]) -> list[dict[
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        row: dict[str, Any] = {"method": method, "runs": len(runs), "merged": runs[0]["cost"].get("merged")}
+        row: dict[str, Any] = {"method": method, "runs": len(runs), "merged": runs[0]["cost"].get("merged"),
+                               "device": runs[0]["cost"].get("device")}
         for key in COST:
             row[key], row[f"{key}_std"] = mean_std([r["cost"].get(key) for r in runs])
         row["trainable_params"] = runs[0]["cost"].get("trainable_params")
@@ -87,15 +88,16 @@ def write_tables(results: list[dict[str, Any]], methods: list[str], output: Path
     t2 = table2_rows(results, methods)
     metric_cols = [m for metric in (*QUALITY, "main") for m in (metric, f"{metric}_std")]
     write_table(t1, ["task", "method", "seeds", "glue_metric", *metric_cols], output / "table1")
-    write_table(t2, ["method", "runs", "merged", "trainable_params", "adapter_params", "budget_vs_lora",
+    write_table(t2, ["method", "runs", "merged", "device", "trainable_params", "adapter_params", "budget_vs_lora",
                      *[c for key in COST for c in (key, f"{key}_std")]], output / "table2")
     shown1 = [{**r, **{m: pm(r[m], r[f"{m}_std"]) for m in (*QUALITY, "main")}} for r in t1]
     md1 = write_table(shown1, ["task", "method", "seeds", "accuracy", "roc_auc", "f1", "recall", "glue_metric", "main"],
                       output / "table1_display", title="Table 1: quality on the dev sets (mean ± std over seeds)")
     shown2 = [{**r, **{k: pm(r[k], r[f"{k}_std"], 1) for k in COST},
                "trainable_share_pct": pm(r["trainable_share_pct"], float("nan"), 3)} for r in t2]
+    gpu = ["peak_gpu_mb"] if any(not math.isnan(r["peak_gpu_mb"]) for r in t2) else []  # CUDA runs only
     md2 = write_table(shown2, ["method", "runs", "train_seconds", "latency_b1_ms", "latency_b32_ms", "merged",
-                               "trainable_params", "trainable_share_pct", "adapter_params", "budget_vs_lora",
-                               "peak_rss_mb", "peak_rss_delta_mb"],
+                               "device", "trainable_params", "trainable_share_pct", "adapter_params", "budget_vs_lora",
+                               "peak_rss_mb", "peak_rss_delta_mb", *gpu],
                       output / "table2_display", title="Table 2: cost (mean ± std over tasks and seeds)")
     return md1 + "\n" + md2

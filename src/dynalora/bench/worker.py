@@ -1,7 +1,8 @@
 """One bench run in its own process: `python -m dynalora.bench.worker RUN_FOLDER`.
 
 Reads `spec.json`, trains with `dynalora.training.train` into `RUN_FOLDER`, reloads the
-best model, measures its cost (see `dynalora.bench.measure`) and writes `result.json`.
+best model onto the device it trained on, measures its cost (see `dynalora.bench.measure`)
+and writes `result.json`.
 """
 
 from __future__ import annotations
@@ -26,25 +27,34 @@ def main(folder: str) -> None:
     baseline = rss_bytes()
     import shutil
 
-    from dynalora.bench.measure import adapter_budget, latency_ms, merge_for_inference
+    from dynalora.bench.measure import (
+        adapter_budget,
+        latency_ms,
+        latency_seq_len,
+        merge_for_inference,
+        peak_gpu_bytes,
+    )
     from dynalora.data import get_task
     from dynalora.files import read_json, write_json
     from dynalora.training import TrainConfig, load_trained, train
+    from dynalora.training.optim import pick_device
 
     baseline = max(baseline, rss_bytes())  # after the imports, before any model exists
     run = Path(folder)
     spec = read_json(run / "spec.json", "bench run spec")
     config = TrainConfig(**{**spec["train"], "output": str(run)})
     prefix = os.environ.get("DYNALORA_BENCH_PREFIX", "")
+    device = pick_device(config.device)
     metrics = train(config)
     peak = peak_rss_bytes()
+    peak_gpu = peak_gpu_bytes(device)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)  # resumability is per run here; save disk
 
-    model, _, _ = load_trained(run)
+    model, _, _ = load_trained(run, device=str(device))
     budget = adapter_budget(model)
     reference = lora_budget(model, config.rank)
     model, merged = merge_for_inference(model)
-    repeats, seq = spec["latency_repeats"], spec["seq_len"]
+    repeats, seq = spec["latency_repeats"], latency_seq_len(model, spec["seq_len"])
     cost = {
         "train_seconds": metrics["train_wall_s"],
         "steps": metrics["steps"],
@@ -55,10 +65,13 @@ def main(folder: str) -> None:
         "lora_budget": reference,
         "budget_vs_lora": budget / reference if budget is not None and reference else None,
         "merged": merged,
+        "device": str(device),
+        "latency_seq_len": seq,
         "latency_b1_ms": latency_ms(model, 1, seq, 2 * repeats),
         "latency_b32_ms": latency_ms(model, 32, seq, repeats),
         "peak_rss_mb": peak / 2**20,
         "peak_rss_delta_mb": (peak - baseline) / 2**20,
+        "peak_gpu_mb": None if peak_gpu is None else peak_gpu / 2**20,
     }
     result = {"task": metrics["task"], "method": metrics["method"], "seed": config.seed,
               "task_metric": get_task(metrics["task"]).main_metric, "metrics": metrics["metrics"],

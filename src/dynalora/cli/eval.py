@@ -20,7 +20,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--max-samples", type=int, metavar="N",
                         help="evaluate a seeded random subset (default: as in training)")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to run the model: auto (a GPU if there is one), cpu or cuda (default: auto)")
     parser.set_defaults(func=run)
 
 

@@ -12,7 +12,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export", help="export the adapter for Hugging Face PEFT",
         description="Write a LoRA-family run's adapter as adapter_config.json + "
-                    "adapter_model.safetensors that PEFT loads.")
+                    "adapter_model.safetensors that PEFT loads onto the base encoder "
+                    "(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), OUTPUT)), with the "
+                    "classification head (head.safetensors + head.json) beside it.")
     add_adapter_arg(parser)
     parser.add_argument("--format", default="peft", choices=["peft"], help="target format (default: peft)")
     parser.add_argument("--fold-scaling", action="store_true",

@@ -21,7 +21,8 @@ def add_parser(subparsers: Any) -> None:
                         help="base model (folder, .gguf or Hub id); default: what the adapter records, "
                              "or the packaged SmolLM2 with --no-adapter")
     parser.add_argument("--prompt", required=True, help="the user's message")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                        help="stop after this many new tokens (default: 128)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sample at this temperature (default: greedy decoding)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")

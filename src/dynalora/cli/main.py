@@ -22,6 +22,8 @@ COMMANDS = [
     "dynalora.cli.inspect",
     "dynalora.cli.sft",
     "dynalora.cli.generate",
+    "dynalora.cli.bench",
+    "dynalora.cli.analyze",
 ]
 
 

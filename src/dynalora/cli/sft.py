@@ -16,10 +16,13 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sft", help="instruction-tune a causal LM (default: the packaged SmolLM2) on prompt/response data",
         description="Supervised fine-tuning of a decoder LLM with lora, dynamic or rank1 adapters; the "
-                    "loss counts response tokens only. Writes the adapter, metrics.json (held-out loss "
-                    "and perplexity before and after), log.jsonl, curves.png and checkpoints into "
-                    "--output, and prints the final metrics as JSON. Try the result with "
-                    "`dynalora generate --adapter OUTPUT --prompt ...`.")
+                    "loss counts response tokens only. Writes into --output the adapter, metrics.json "
+                    "(held-out loss and perplexity before and after), log.jsonl, curves.png, "
+                    "checkpoints, allocation.json/png (dynamic, rank1: ranks per layer), "
+                    "samples.jsonl (the first --samples held-out prompts answered by the base model "
+                    "and by the adapter; exact match too for GSM8K-style answers) and report.md "
+                    "(all of it side by side), and prints the final metrics as JSON. Try the result "
+                    "with `dynalora generate --adapter OUTPUT --prompt ...`.")
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML mapping of any of the fields below; flags given here override it")
     for f in dataclasses.fields(SftConfig):

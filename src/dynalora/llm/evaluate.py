@@ -92,6 +92,39 @@ def predicted_answer(text: str) -> str | None:
     return _clean_number(numbers[-1]) if numbers else None
 
 
+def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256,
+                     batch_size: int = 8) -> list[str]:
+    """Greedy answers to `prompts`, generated `batch_size` at a time."""
+    from dynalora.llm.generate import generate_batch
+
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        texts += generate_batch(model, tokenizer, list(prompts[start : start + batch_size]), max_new_tokens)
+    return texts
+
+
+def is_gsm8k_style(records: Sequence[SftRecord]) -> bool:
+    """Whether every record's response ends in a `#### <number>` reference (exact match applies)."""
+    return bool(records) and all(reference_answer(r.response) is not None for r in records)
+
+
+def score_answers(records: Sequence[SftRecord], texts: Sequence[str]) -> list[dict[str, Any]]:
+    """[{prompt, reference, prediction, generation, correct}] for generations of the records.
+
+    Records without a `####` reference are an error.
+    """
+    references = [reference_answer(r.response) for r in records]
+    missing = [r.where for r, ref in zip(records, references) if ref is None]
+    if missing:
+        raise ValueError(f"GSM8K references need '#### <number>'; missing in {missing[:5]}")
+    examples = []
+    for record, reference, text in zip(records, references, texts):
+        prediction = predicted_answer(text)
+        examples.append({"prompt": record.prompt, "reference": reference, "prediction": prediction,
+                         "generation": text, "correct": prediction == reference})
+    return examples
+
+
 def gsm8k_exact_match(model: nn.Module, tokenizer: Any, records: Sequence[SftRecord],
                       max_new_tokens: int = 256, batch_size: int = 8) -> dict[str, Any]:
     """Greedy answers to the records' questions, scored on the final number.
@@ -99,19 +132,8 @@ def gsm8k_exact_match(model: nn.Module, tokenizer: Any, records: Sequence[SftRec
     Returns {"exact_match": share correct, "n": count, "examples": [{prompt, reference,
     prediction, generation, correct}]}. Records without a `####` reference are an error.
     """
-    from dynalora.llm.generate import generate_batch
-
-    references = [reference_answer(r.response) for r in records]
-    missing = [r.where for r, ref in zip(records, references) if ref is None]
-    if missing:
-        raise ValueError(f"GSM8K references need '#### <number>'; missing in {missing[:5]}")
-    examples = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        texts = generate_batch(model, tokenizer, [r.prompt for r in chunk], max_new_tokens)
-        for record, reference, text in zip(chunk, references[start:], texts):
-            prediction = predicted_answer(text)
-            examples.append({"prompt": record.prompt, "reference": reference, "prediction": prediction,
-                             "generation": text, "correct": prediction == reference})
+    score_answers(records, [""] * len(records))  # fail on a missing reference before generating
+    texts = generate_answers(model, tokenizer, [r.prompt for r in records], max_new_tokens, batch_size)
+    examples = score_answers(records, texts)
     correct = sum(e["correct"] for e in examples)
     return {"exact_match": correct / max(len(examples), 1), "n": len(examples), "examples": examples}

@@ -8,6 +8,12 @@ checkpoints and --resume, log.jsonl, curves.png, allocation report for dynamic/r
 the loss (next-token cross-entropy on response tokens) and the evaluation (held-out response
 loss and perplexity; lower is better) differ. The run folder is also the adapter folder:
 `dynalora generate --adapter runs/sft` finds the base model from what it records.
+
+To show what training changed, the held-out loss is measured before the first step and after
+the last (`initial_metrics` / `metrics` in metrics.json), and the first `samples` held-out
+prompts are answered by the base model and by the saved adapter (samples.jsonl, report.md);
+for GSM8K-style answers (`#### <number>`) the first `exact_match_samples` are also scored by
+exact match before and after (`exact_match` in metrics.json). See `dynalora.llm.report`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,16 @@ from dynalora.data import BucketBatcher
 from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
 from dynalora.files import write_json
-from dynalora.llm.evaluate import response_loss, token_loss
+from dynalora.llm.evaluate import is_gsm8k_style, response_loss, token_loss
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
+from dynalora.llm.report import (
+    REPORT_FILE,
+    SAMPLES_FILE,
+    answer_before_and_after,
+    exact_match,
+    write_report,
+    write_samples,
+)
 from dynalora.training.api import check_resumable, count_parameters
 from dynalora.training.checkpoint import latest_checkpoint
 from dynalora.training.config import _f
@@ -41,6 +55,9 @@ SFT_METHODS = ("lora", "dynamic", "rank1")
 DEFAULT_LR = 2e-4  # the usual LoRA SFT learning rate for decoders (1e-3, the encoder default, is too hot)
 RUN_FILE = "dynalora_sft_run.json"
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 200  # evaluation records taken from --data when no --eval-data
+BEST_ADAPTER = "best"  # the saved adapter, loaded back beside the trained one to answer the samples
+# Settings of what is written after training: changing them never stops a run from resuming.
+REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens")
 
 
 @dataclass
@@ -84,6 +101,9 @@ class SftConfig:
     checkpoint_every: int | None = _f(None, "also write a resumable checkpoint every N optimizer steps")
     resume: bool = _f(False, "continue the run in --output from its last checkpoint")
     progress: bool = _f(True, "show a progress bar")
+    samples: int = _f(3, "held-out prompts answered by the base model and by the trained adapter, written to samples.jsonl and report.md; 0 for none")
+    exact_match_samples: int | None = _f(None, "held-out records with GSM8K-style answers ('#### <number>') scored by exact match before and after training; default: the --samples prompts when the data has such answers; 0 for none")
+    max_new_tokens: int = _f(256, "token limit of those answers")
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -91,7 +111,7 @@ class SftConfig:
         self.method_options = dict(self.method_options or {})
         check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
         check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
-        for name in ("batch_size", "eval_batch_size", "grad_accum", "rank"):
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "rank", "max_new_tokens"):
             value = getattr(self, name)
             check(isinstance(value, int) and value > 0, name, "must be a positive integer", value)
         check(isinstance(self.max_length, int) and self.max_length >= 2, "max_length", "must be an integer >= 2",
@@ -101,6 +121,10 @@ class SftConfig:
             value = getattr(self, name)
             check(value is None or (isinstance(value, int) and value > 0), name,
                   "must be a positive integer (or unset)", value)
+        for name in ("samples", "exact_match_samples"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, int) and value >= 0), name,
+                  "must be a non-negative integer", value)
         check(self.epochs > 0, "epochs", "must be > 0", self.epochs)
         check(self.lr is None or self.lr > 0, "lr", "must be > 0", self.lr)
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
@@ -174,6 +198,39 @@ def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord]]:
             subsample(evaluation, config.max_eval_samples, config.seed))
 
 
+def report_records(config: SftConfig, evaluation: list[SftRecord]) -> tuple[list[SftRecord], int]:
+    """(held-out records answered before and after training, how many of the first to score).
+
+    Exact match needs a `#### <number>` reference in every scored record: asked for explicitly
+    on other data it is an error (raised before training); by default it is simply skipped.
+    """
+    wanted = config.exact_match_samples
+    if wanted is None:
+        scored = config.samples if is_gsm8k_style(evaluation[: config.samples]) else 0
+    else:
+        scored = wanted
+    records = evaluation[: max(config.samples, scored)]
+    if wanted and not is_gsm8k_style(records):
+        raise ConfigError(f"exact_match_samples={wanted}: the held-out answers do not all end in "
+                          f"'#### <number>' (e.g. {records[0].where}); exact match is for GSM8K-style data")
+    return records, min(scored, len(records))
+
+
+def answer_with_saved_adapter(prepared: Any, folder: Path, tokenizer: Any, records: list[SftRecord],
+                              config: SftConfig) -> list[dict[str, Any]]:
+    """Base-model and saved-adapter answers (the saved adapter is the best evaluation, which
+    need not be the last step's state: it is loaded back beside the trained one for this)."""
+    wrapper = prepared.wrapper
+    trained = wrapper.active_adapter
+    wrapper.load_adapter(folder, BEST_ADAPTER)
+    wrapper.set_adapter(BEST_ADAPTER)
+    try:
+        return answer_before_and_after(wrapper, tokenizer, records, config.max_new_tokens, config.eval_batch_size)
+    finally:
+        wrapper.set_adapter(trained)
+        wrapper.delete_adapter(BEST_ADAPTER)
+
+
 def run_metadata(config: SftConfig, lr: float, source: str) -> dict[str, Any]:
     """Recorded with the adapter: enough for `dynalora generate --adapter DIR` to rebuild it."""
     return {"kind": "sft", "base_model": source, "method": config.method, "max_length": config.max_length,
@@ -193,12 +250,13 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     out = Path(config.output)
     checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
     if checkpoint is not None:
-        check_resumable(config, checkpoint.progress["config"], checkpoint.folder)
+        check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free=REPORT_FIELDS)
     elif (out / "checkpoints").exists():
         shutil.rmtree(out / "checkpoints")  # a fresh run must never resume from stale state
 
     seed_everything(config.seed)
     train_records, eval_records = split_records(config)
+    sample_records, n_scored = report_records(config, eval_records)
     if model is None or tokenizer is None:
         model, tokenizer = load_causal_lm(config.model)
     source = config.model or getattr(model, "dynalora_source", None) or PACKAGED
@@ -255,4 +313,11 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     for hook in trainer.hooks:
         if hasattr(hook, "write_report"):
             hook.write_report(out)
+    samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config) if sample_records else []
+    if samples:
+        write_samples(out / SAMPLES_FILE, samples)
+    if n_scored:
+        metrics["exact_match"] = exact_match(samples[:n_scored])
+        write_json(out / "metrics.json", metrics)
+    write_report(out / REPORT_FILE, metrics, source, samples[: config.samples])
     return metrics

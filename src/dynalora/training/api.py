@@ -94,9 +94,10 @@ def run_metadata(config: TrainConfig, task: TaskSpec, model_path: Path, lr: floa
     }
 
 
-def check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+def check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path, also_free: tuple[str, ...] = ()) -> None:
+    """`also_free`: more fields (beyond RESUME_FREE) that may change between the run and its resume."""
     current = config.to_dict()
-    changed = [k for k in current if k not in RESUME_FREE and saved.get(k) != current[k]]
+    changed = [k for k in current if k not in RESUME_FREE + also_free and saved.get(k) != current[k]]
     if changed:
         details = ", ".join(f"{k}={saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
         raise ConfigError(f"resume: the checkpoint in {where} was written with other settings ({details}); "

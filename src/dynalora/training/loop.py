@@ -16,6 +16,7 @@ and the optimizer, scheduler and hook states.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -183,10 +184,18 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def diverged(self, what: str) -> None:
+    def check_weights(self) -> None:
+        """Refuse to evaluate or save weights that a step made NaN/inf (its loss was still finite)."""
+        for name, p in self.model.named_parameters():
+            if p.requires_grad and not torch.isfinite(p).all():
+                self.diverged(f"the weights of {name} are not finite", self.state["step"])
+
+    def diverged(self, what: str, step: int | None = None) -> None:
+        """Raise TrainingDiverged for `step` (default: the step being computed)."""
+        step = self.state["step"] + 1 if step is None else step
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
         raise TrainingDiverged(
-            f"training diverged at step {self.state['step'] + 1}: {what}; {kept} and the best model "
+            f"training diverged at step {step}: {what}; {kept} and the best model "
             f"so far is in {self.run_dir}. Try a lower learning rate (--lr) or --max-grad-norm"
         )
 
@@ -216,22 +225,28 @@ class Trainer:
                     for _ in range(group):
                         loss += self.micro_step(next(batches), group)
                         state["position"] += 1
+                    lr = self.scheduler.get_last_lr()[0]  # this step's lr; optimizer_step moves the schedule on
                     self.optimizer_step()
                     step = state["step"]
                     state["train_wall_s"] = time.perf_counter() - started
                     log.write({"kind": "train", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                               "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                               "loss": loss, "lr": lr})
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                     due = (step % config.eval_every == 0) if config.eval_every else state["position"] == n_batches
                     evaluated = due or step == self.total_steps
+                    saving = evaluated or bool(config.checkpoint_every and step % config.checkpoint_every == 0)
+                    if saving:
+                        self.check_weights()
                     if evaluated:
                         record = self.evaluate()
                         log.write(record)
                         self.after_eval(record)
-                        bar.write(f"step {step}: dev {self.task.main_metric} = {record['metrics']['main']:.4f}")
+                        # stderr, like the bar: stdout is left to the command's result (JSON)
+                        bar.write(f"step {step}: dev {self.task.main_metric} = {record['metrics']['main']:.4f}",
+                                  file=sys.stderr)
                         started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
-                    if evaluated or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                    if saving:
                         self.checkpoint()
                     for hook in self.hooks:
                         if hasattr(hook, "on_step_end"):

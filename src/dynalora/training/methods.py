@@ -138,7 +138,8 @@ class AllocationHook:
         from dynalora.files import write_json
 
         write_json(folder / "allocation.json", _jsonable(self.controller.history))
-        self.controller.plot(folder / "allocation.png")
+        if self.controller.history:  # a run too short to reallocate has nothing to plot
+            self.controller.plot(folder / "allocation.png")
 
 
 def _jsonable(value: Any) -> Any:
