@@ -49,9 +49,12 @@ RATIOS = {
 }
 
 
-def training_step(model: torch.nn.Module, hooks: list | None = None) -> Callable[[dict], None]:
+def training_step(model: torch.nn.Module, make_hooks: Callable[[torch.optim.Optimizer], list] | None = None
+                  ) -> Callable[[dict], None]:
+    """One AdamW step; `make_hooks(optimizer)` builds step hooks (e.g. the allocation controller)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    hooks = make_hooks(optimizer) if make_hooks else []
     state = {"step": 0}
 
     def step(batch: dict) -> None:
@@ -60,7 +63,7 @@ def training_step(model: torch.nn.Module, hooks: list | None = None) -> Callable
         F.cross_entropy(logits, batch["labels"]).backward()
         optimizer.step()
         state["step"] += 1
-        for hook in hooks or []:
+        for hook in hooks:
             hook.after_optimizer_step(state["step"])
         optimizer.zero_grad(set_to_none=True)
 
@@ -111,8 +114,7 @@ def dynamic_case(base: torch.nn.Module, r: int, alpha: float, total_steps: int) 
         return None
     config = DynamicLoraConfig(r=r, alpha=alpha, target_modules=["query", "value"], modules_to_save=["classifier"])
     model = get_lora_model(base, config)
-    controller = AllocationController(model, config, total_steps=total_steps)
-    return training_step(model, hooks=[controller])
+    return training_step(model, lambda opt: [AllocationController(model, opt, total_steps=total_steps)])
 
 
 def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[dict]:

@@ -18,8 +18,6 @@ exact match before and after (`exact_match` in metrics.json). See `dynalora.llm.
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,9 +40,8 @@ from dynalora.llm.report import (
     write_report,
     write_samples,
 )
-from dynalora.training.api import check_resumable, count_parameters
-from dynalora.training.checkpoint import latest_checkpoint
-from dynalora.training.config import _f
+from dynalora.training.api import count_parameters, start_run_folder
+from dynalora.training.config import RunConfigMixin, _f
 from dynalora.training.evaluation import model_inputs
 from dynalora.training.loop import Trainer
 from dynalora.training.methods import get_method
@@ -61,7 +58,7 @@ REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens")
 
 
 @dataclass
-class SftConfig:
+class SftConfig(RunConfigMixin):
     """One instruction-tuning run of a causal LM (the fields are `dynalora sft`'s flags)."""
 
     # A causal LM has no task head to train beside the adapters (read by lora_config_for).
@@ -134,19 +131,6 @@ class SftConfig:
         check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
         check(self.preset is None or self.preset in PRESETS, "preset", f"must be one of {sorted(PRESETS)}", self.preset)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> SftConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> SftConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -248,11 +232,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     method = get_method(config.method)
     lr = config.lr or DEFAULT_LR
     out = Path(config.output)
-    checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
-    if checkpoint is not None:
-        check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free=REPORT_FIELDS)
-    elif (out / "checkpoints").exists():
-        shutil.rmtree(out / "checkpoints")  # a fresh run must never resume from stale state
+    checkpoint = start_run_folder(config, also_free=REPORT_FIELDS)
 
     seed_everything(config.seed)
     train_records, eval_records = split_records(config)

@@ -31,7 +31,7 @@ from dynalora.data import (
     load_table,
 )
 from dynalora.files import AdapterFileError, read_json, write_json
-from dynalora.training.checkpoint import latest_checkpoint
+from dynalora.training.checkpoint import Checkpoint, latest_checkpoint
 from dynalora.training.classifier import build_classifier, default_model_path
 from dynalora.training.config import TrainConfig
 from dynalora.training.evaluation import CachedFeatures, predict
@@ -104,6 +104,18 @@ def check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path, als
                           "use the same settings, or drop --resume to start over")
 
 
+def start_run_folder(config: Any, also_free: tuple[str, ...] = ()) -> Checkpoint | None:
+    """The checkpoint to resume from (`config.resume`), checked against `config`; or None, after
+    deleting any old checkpoints so a fresh run can never resume from stale state."""
+    root = Path(config.output) / "checkpoints"
+    checkpoint = latest_checkpoint(root) if config.resume else None
+    if checkpoint is not None:
+        check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free)
+    elif root.exists():
+        shutil.rmtree(root)
+    return checkpoint
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
@@ -119,11 +131,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
     lr = config.lr or method.default_lr
     head_lr = config.head_lr or lr
     out = Path(config.output)
-    checkpoint = latest_checkpoint(out / "checkpoints") if config.resume else None
-    if checkpoint is not None:
-        check_resumable(config, checkpoint.progress["config"], checkpoint.folder)
-    elif (out / "checkpoints").exists():
-        shutil.rmtree(out / "checkpoints")  # a fresh run must never resume from stale state
+    checkpoint = start_run_folder(config)
 
     seed_everything(config.seed)
     task, train_examples, dev_examples = load_data(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -28,8 +28,34 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+C = TypeVar("C", bound="RunConfigMixin")
+
+
+class RunConfigMixin:
+    """Dict/YAML round trips shared by the run configs (TrainConfig, SftConfig); a dataclass mixin."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], source: str = "config") -> C:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path, **overrides: Any) -> C:
+        """Fields from a YAML mapping, then `overrides` (e.g. the CLI flags) on top."""
+        return cls.from_dict({**read_yaml(path), **overrides}, source=str(path))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfigMixin):
     """One fine-tuning run of a sequence classifier (GLUE task or your own CSV/JSONL)."""
 
     task: str = _f("mrpc", "GLUE task (sst2, mrpc, rte, cola, stsb, qnli, ...) or a name for your own data")
@@ -112,24 +138,6 @@ class TrainConfig:
 
             get_task(self.task)  # unknown task names fail here, listing the known ones
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Fields from a YAML mapping, then `overrides` (e.g. the CLI flags) on top."""
-        return cls.from_dict({**read_yaml(path), **overrides}, source=str(path))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
