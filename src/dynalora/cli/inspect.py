@@ -21,12 +21,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[("-" if r[c] is None else str(r[c])) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths)))]
-    for row in cells:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    return "\n".join(lines)
+    cells = [list(COLUMNS)] + [[("-" if r[c] is None else str(r[c])) for c in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    # the module name left-aligned, the numbers right-aligned
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from dynalora.cli.common import print_json
-from dynalora.cli.train import add_field, config_from_args
+from dynalora.cli.train import add_config_flags, config_from_args
 
 
 def add_parser(subparsers: Any) -> None:
@@ -23,10 +22,7 @@ def add_parser(subparsers: Any) -> None:
                     "and by the adapter; exact match too for GSM8K-style answers) and report.md "
                     "(all of it side by side), and prints the final metrics as JSON. Try the result "
                     "with `dynalora generate --adapter OUTPUT --prompt ...`.")
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML mapping of any of the fields below; flags given here override it")
-    for f in dataclasses.fields(SftConfig):
-        add_field(parser, f)
+    add_config_flags(parser, SftConfig)
     parser.set_defaults(func=run)
 
 

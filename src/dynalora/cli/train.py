@@ -58,11 +58,17 @@ def add_parser(subparsers: Any) -> None:
         description="Fine-tune a sequence classifier (default: the packaged MiniLM) with one of the "
                     "methods; writes the adapter, metrics.json, log.jsonl, curves.png and checkpoints "
                     "into --output, and prints the final metrics as JSON.")
+    add_config_flags(parser, TrainConfig)
+    parser.set_defaults(func=run)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None:
+    """`--config FILE.yaml` plus one flag per field of the run-config dataclass (read back by
+    `config_from_args`)."""
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML mapping of any of the fields below; flags given here override it")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(config_class):
         add_field(parser, f)
-    parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace, config_class: Any = TrainConfig) -> Any:
