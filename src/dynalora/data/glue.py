@@ -55,7 +55,9 @@ def find_task_dir(spec: TaskSpec, root: Path, file_name: str) -> Path:
     if root.is_file():
         raise DataError(f"{root} is a file; pass the folder that holds the GLUE tasks: {layout}")
     if not root.is_dir():
-        raise DataError(f"data directory not found: {root}; expected {layout}")
+        raise DataError(f"data directory not found: {root.resolve()}; expected {layout}. Pass the folder "
+                        "that holds your GLUE copy (--data-dir DIR, or `make train DATA_DIR=DIR`), or leave "
+                        "--data-dir out to download from the Hugging Face Hub")
     names = {normalize_name(n) for n in (spec.name, spec.dir_name, *spec.aliases)}
     for base in (root, root / "glue"):
         if base.is_dir():
