@@ -125,6 +125,9 @@ def test_rank_scores_variance_and_gamma():
     ({"importance_beta": 1.0}, "importance_beta"),
     ({"stats_every": 0}, "stats_every"),
     ({"weight_every": 0}, "weight_every"),
+    ({"tau": "1e-4"}, "tau"),  # YAML reads 1e-4 without a dot as a string
+    ({"lambda_b": None}, "lambda_b"),
+    ({"r_min": True}, "r_min"),
 ])
 def test_dynamic_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}="):
@@ -137,6 +140,7 @@ def test_dynamic_config_errors_name_the_field(kwargs, field):
     ({"l1": -0.1}, "l1"),
     ({"budget": -1}, "budget"),
     ({"prune_every": 0}, "prune_every"),
+    ({"l1": "0.01"}, "l1"),
 ])
 def test_rank1_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}="):

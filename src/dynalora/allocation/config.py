@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dynalora.adapters.config import ConfigError, LoraConfig, check
+from dynalora.adapters.config import ConfigError, LoraConfig, check, is_int, is_number
 
 # Fractions of total_steps used when a schedule field is None. Warm-up 10%: B starts at 0,
 # so importance is meaningless for the first steps. Final 70%: ranks freeze with 30% of the
@@ -96,6 +96,8 @@ class DynamicLoraConfig(LoraConfig):
         super().__post_init__()
         check(self.gating == "none", "gating", "dynamic LoRA uses ungated adapters ('none'); "
               "use Rank1LoraConfig for gates", self.gating)
+        _check_numbers(self, ("importance_beta", "uncertainty_beta", "weight_beta", "tau", "w_min", "w_max",
+                              "beta", "gamma", "lambda_a", "lambda_b", "lambda_orth"))
         for name in ("importance_beta", "uncertainty_beta", "weight_beta"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, "must be in [0, 1)", value)
@@ -110,7 +112,7 @@ class DynamicLoraConfig(LoraConfig):
         check(_pos_int(self.stats_every), "stats_every", "must be a positive integer", self.stats_every)
         check(_pos_int(self.stats_max_tokens), "stats_max_tokens", "must be a positive integer",
               self.stats_max_tokens)
-        check(isinstance(self.r_min, int) and self.r_min >= 0, "r_min", "must be an integer >= 0",
+        check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0",
               self.r_min)
         if self.r_max is None:
             self.r_max = 4 * self.r
@@ -171,8 +173,9 @@ class Rank1LoraConfig(LoraConfig):
         check(not (self.prune_by == "gate" and self.gating == "input"), "prune_by",
               "'gate' needs scalar gates; input-conditional gates are pruned by 'sensitivity'",
               self.prune_by)
+        _check_numbers(self, ("l1", "sensitivity_beta"))
         check(self.l1 >= 0, "l1", "must be >= 0", self.l1)
-        check(self.budget is None or (isinstance(self.budget, int) and self.budget >= 0), "budget",
+        check(self.budget is None or (is_int(self.budget) and self.budget >= 0), "budget",
               "must be an integer >= 0 (rank-1 components) or None", self.budget)
         check(0.0 <= self.sensitivity_beta < 1.0, "sensitivity_beta", "must be in [0, 1)",
               self.sensitivity_beta)
@@ -186,14 +189,21 @@ class Rank1LoraConfig(LoraConfig):
 
 
 def _pos_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_int(value) and value > 0
+
+
+def _check_numbers(config: LoraConfig, names: tuple[str, ...]) -> None:
+    """Type first, so a YAML string such as "1e-4" is a ConfigError naming the field, not a TypeError
+    from the range comparisons that follow."""
+    for name in names:
+        check(is_number(getattr(config, name)), name, "must be a number", getattr(config, name))
 
 
 def _check_schedule(config: LoraConfig, names: tuple[str, str, str]) -> None:
     start, end, every = names
     for name in (start, end):
         value = getattr(config, name)
-        check(value is None or (isinstance(value, int) and value >= 0), name,
+        check(value is None or (is_int(value) and value >= 0), name,
               "must be an integer >= 0 (optimizer steps) or None", value)
     check(getattr(config, every) is None or _pos_int(getattr(config, every)), every,
           "must be a positive integer (optimizer steps) or None", getattr(config, every))
