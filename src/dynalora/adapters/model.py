@@ -212,20 +212,24 @@ class DynaLoraModel(nn.Module):
         would move the base weights by float rounding).
         """
         self.check_mergeable()
+        layers = self.lora_layers()
+        state: dict[str, torch.Tensor] = {}
         # Tied weights (an LM head sharing the embedding) stay one tensor, so that
         # save_pretrained still sees them as tied and writes them once.
         copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-        state = {
-            k: copies.setdefault((v.data_ptr(), tuple(v.shape)), v.detach().clone())
-            for k, v in self.base_model.state_dict().items()
-        }
-        for name, layer in self.lora_layers().items():
-            for key in [k for k in state if k.startswith(f"{name}.")]:
-                value = state.pop(key)
-                rest = key[len(name) + 1:]
-                if rest.startswith("base."):  # `<layer>.base.weight` is the model's `<layer>.weight`
-                    state[f"{name}.{rest[len('base.'):]}"] = value
-            state[f"{name}.weight"] = layer.merged_weight()
+        for key, value in self.base_model.state_dict().items():
+            owner, sep, rest = key.partition(".base.")
+            if sep and owner in layers:  # `<layer>.base.weight` is the model's `<layer>.weight`
+                key = f"{owner}.{rest}"
+                if rest == "weight":
+                    state[key] = layers[owner].merged_weight()  # one fresh tensor, adapters folded in
+                    continue
+            elif key.partition(".adapters.")[0] in layers:
+                continue  # the adapters' own tensors are not part of the plain model
+            ident = (value.data_ptr(), tuple(value.shape))
+            if ident not in copies:
+                copies[ident] = value.detach().clone()
+            state[key] = copies[ident]
         return state
 
     def save_merged(self, path: str | Path) -> None:
