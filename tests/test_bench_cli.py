@@ -182,7 +182,7 @@ def test_the_real_worker_process_reports_its_own_peak_memory(paths, tmp_path):
 
 
 def test_peft_adalora_allocates_once_per_optimizer_step_on_a_schedule_of_the_run(paths, tmp_path, monkeypatch):
-    from dynalora.bench.peft_methods import AdaLoraHook
+    from dynalora.training.peft_methods import AdaLoraHook
 
     steps: list[int] = []
     original = AdaLoraHook.after_optimizer_step

@@ -13,10 +13,10 @@ from conftest import tiny_bert
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.adapters.config import ConfigError
 from dynalora.bench.measure import adapter_budget, merge_for_inference
-from dynalora.bench.peft_methods import adalora_schedule
 from dynalora.bench.profiles import ALL_METHODS, EQUAL_BUDGET_METHODS
 from dynalora.bench.worker import lora_budget
 from dynalora.training import TrainConfig, evaluate, load_trained, train
+from dynalora.training.peft_methods import adalora_schedule
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dynalora.errors import AdapterFileError
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Temporary files and folders are created private (0600 / 0700); what we publish is readable.
 FILE_MODE, DIR_MODE = 0o644, 0o755
-
-
-class AdapterFileError(ValueError):
-    """A missing, corrupt, mismatched or refused adapter file."""
 
 
 @contextmanager

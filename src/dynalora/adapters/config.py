@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from dynalora.errors import ConfigError
+
 CONFIG_CLASSES: dict[str, type[LoraConfig]] = {}
 
 # Default targets per architecture (the attention query and value projections, as in the
@@ -32,10 +34,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],
     "opt": ["q_proj", "v_proj"],
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value out of range; the message names the field."""
 
 
 def check(condition: bool, field_name: str, message: str, value: Any) -> None:
@@ -134,9 +132,8 @@ def config_from_dict(data: dict[str, Any]) -> LoraConfig:
     data = dict(data)
     method = data.pop("method", "lora")
     if method not in CONFIG_CLASSES:
-        # The dynamic/rank1 configs live in dynalora.allocation; importing registers them.
-        import dynalora.allocation  # noqa: F401
-    if method not in CONFIG_CLASSES:
+        # Subclasses register when their module is imported (`import dynalora` imports
+        # dynalora.allocation, home of "dynamic" and "rank1"); this module never imports them.
         raise ConfigError(f"method={method!r}: unknown; known methods: {sorted(CONFIG_CLASSES)}")
     cls = CONFIG_CLASSES[method]
     names = {f.name for f in dataclasses.fields(cls)}

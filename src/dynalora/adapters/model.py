@@ -19,23 +19,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalora.adapters.config import LoraConfig, config_from_dict
+from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: their old import path)
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    check_layers_exist,
+    describe_base,
+    few,
+    layout_of,
+    read_adapter,
+    write_adapter,
+)
+from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
 from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row
-from dynalora.files import (
-    AdapterFileError,
-    atomic_dir,
-    find_weights,
-    load_tensors,
-    read_json,
-    save_tensors,
-    write_json,
-)
-
-CONFIG_FILE = "dynalora_config.json"
-WEIGHTS_FILE = "dynalora_adapter"  # .safetensors
-FORMAT = "dynalora-adapter"
-FORMAT_VERSION = 1
+from dynalora.adapters.peft_format import export_peft, import_peft
+from dynalora.errors import AdapterFileError
+from dynalora.files import atomic_dir
 
 
 class DynaLoraModel(nn.Module):
@@ -257,25 +258,8 @@ class DynaLoraModel(nn.Module):
                         metadata: dict[str, Any] | None = None) -> None:
         """Write `dynalora_config.json` and `dynalora_adapter.safetensors`, atomically."""
         name = adapter_name or self.active_adapter
-        layers = {
-            n: {"r": a.r, "scaling": a.scaling, "weight": float(a.weight), "in": a.in_features,
-                "out": a.out_features}
-            for n, a in self.adapter_modules(name).items()
-        }
-        document = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "base_model": getattr(self.base_model, "name_or_path", None) or None,
-            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
-            "config": self.configs[name].to_dict(),
-            "layers": layers,
-            "modules_to_save": self.modules_to_save,
-            "metadata": metadata or {},
-        }
-        with atomic_dir(path) as tmp:
-            save_tensors(tmp / f"{WEIGHTS_FILE}.safetensors", self.adapter_state_dict(name),
-                         metadata={"format": FORMAT})
-            write_json(tmp / CONFIG_FILE, document)
+        write_adapter(path, self.configs[name], self.adapter_modules(name), self.base_model, self.modules_to_save,
+                      self.adapter_state_dict(name), metadata)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
@@ -356,7 +340,7 @@ class DynaLoraModel(nn.Module):
         if missing or unexpected:
             raise AdapterFileError(
                 f"adapter file does not fit this {type(self.base_model).__name__} (saved for "
-                f"{describe_base(document)}): missing {_few(missing)}, unexpected {_few(unexpected)}"
+                f"{describe_base(document)}): missing {few(missing)}, unexpected {few(unexpected)}"
             )
         for key, target in expected.items():
             if tuple(state[key].shape) != tuple(target.shape):
@@ -373,69 +357,17 @@ class DynaLoraModel(nn.Module):
     def export_peft(self, path: str | Path, adapter_name: str | None = None,
                     fold_scaling: bool = False) -> None:
         """Write `adapter_config.json` + `adapter_model.safetensors` that PEFT loads."""
-        from dynalora.adapters.peft_format import export_peft
-
-        export_peft(self, path, adapter_name or self.active_adapter, fold_scaling)
+        name = adapter_name or self.active_adapter
+        export_peft(path, self.configs[name], self.adapter_modules(name), self.base_model, self.modules_to_save,
+                    fold_scaling)
 
     @classmethod
     def from_peft(cls, model: nn.Module, path: str | Path, adapter_name: str = "default",
                   is_trainable: bool = False, allow_pickle: bool = False) -> DynaLoraModel:
         """Load an adapter saved by Hugging Face PEFT (LoRA) onto `model`."""
-        from dynalora.adapters.peft_format import import_peft
-
-        return import_peft(cls, model, path, adapter_name, is_trainable, allow_pickle)
-
-
-def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Our JSON document and tensors from an adapter folder, with clear errors."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterFileError(f"adapter folder not found: {path}")
-    if not (path / CONFIG_FILE).is_file() and (path / "adapter_config.json").is_file():
-        raise AdapterFileError(
-            f"{path} holds a Hugging Face PEFT adapter; load it with DynaLoraModel.from_peft()"
-        )
-    document = read_json(path / CONFIG_FILE, "adapter config")
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise AdapterFileError(f"{path / CONFIG_FILE}: not a dynalora adapter config")
-    absent = [key for key in ("config", "layers") if not isinstance(document.get(key), dict)]
-    if absent:
-        raise AdapterFileError(f"{path / CONFIG_FILE}: the field(s) {absent} are missing or not objects")
-    if document.get("version", 0) > FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{path}: adapter format version {document['version']} is newer than this dynalora "
-            f"reads ({FORMAT_VERSION}); upgrade dynalora"
-        )
-    state = load_tensors(find_weights(path, WEIGHTS_FILE), allow_pickle)
-    return document, state
-
-
-def layout_of(document: dict[str, Any]) -> tuple[LoraConfig, dict[str, int], dict[str, float]]:
-    """The config, per-layer ranks and scalings a saved adapter was written with."""
-    config = config_from_dict(document["config"])
-    ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
-    scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}
-    # Re-create exactly the saved layers, whatever the config's patterns would pick today.
-    return config.replace(target_modules=sorted(ranks), exclude_modules=None), ranks, scalings
-
-
-def describe_base(document: dict[str, Any]) -> str:
-    name, kind = document.get("base_model"), document.get("model_type")
-    return f"base {name!r} ({kind})" if name else f"an unnamed {kind or 'unknown'} model"
-
-
-def _few(keys: list[str]) -> str:
-    return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
-
-
-def check_layers_exist(model: nn.Module, ranks: dict[str, int], document: dict[str, Any]) -> None:
-    names = {n for n, _ in model.named_modules()}
-    absent = sorted(n for n in ranks if n not in names)
-    if absent:
-        raise AdapterFileError(
-            f"the adapter adapts {len(absent)} module(s) this {type(model).__name__} does not "
-            f"have, e.g. {absent[:3]}; it was saved for {describe_base(document)}"
-        )
+        peft = import_peft(model, path, allow_pickle)
+        return cls.wrap_and_load(model, peft.config, adapter_name, peft.ranks, peft.scalings, peft.state,
+                                 peft.about, is_trainable)
 
 
 def get_lora_model(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> DynaLoraModel:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import pattern_value
+from dynalora.adapters.layer import LoraAdapter
 from dynalora.files import (
     AdapterFileError,
     atomic_dir,
@@ -33,9 +34,6 @@ from dynalora.files import (
     save_tensors,
     write_json,
 )
-
-if TYPE_CHECKING:
-    from dynalora.adapters.model import DynaLoraModel
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model"  # .safetensors
@@ -62,9 +60,20 @@ def task_type_of(model: nn.Module) -> str | None:
     return next((t for suffix, t in TASK_TYPES.items() if name.endswith(suffix)), None)
 
 
-def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fold_scaling: bool) -> None:
-    config = wrapper.configs[adapter_name]
-    adapters = {n: a for n, a in wrapper.adapter_modules(adapter_name).items() if a.r > 0}
+def export_peft(path: str | Path, config: LoraConfig, adapters: dict[str, LoraAdapter], base_model: nn.Module,
+                modules_to_save: list[str], fold_scaling: bool) -> None:
+    """Write `adapters` (one adapter's modules, by layer name in `base_model`) as PEFT's
+    adapter_config.json + adapter_model.safetensors; `modules_to_save` go in with them."""
+    document, tensors = peft_document(config, adapters, base_model, modules_to_save, fold_scaling)
+    with atomic_dir(path) as tmp:
+        save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt", "exported_by": "dynalora"})
+        write_json(tmp / PEFT_CONFIG, document)
+
+
+def peft_document(config: LoraConfig, adapters: dict[str, LoraAdapter], base_model: nn.Module,
+                  modules_to_save: list[str], fold_scaling: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """PEFT's config document and tensors for one adapter (see the module doc)."""
+    adapters = {n: a for n, a in adapters.items() if a.r > 0}
     if not adapters:
         raise ValueError("every layer of this adapter has rank 0: there is nothing to export")
     for name, adapter in adapters.items():
@@ -102,15 +111,15 @@ def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fol
                     alpha_pattern[name] = layer_alpha[name]
             tensors[f"{PREFIX}{name}.lora_A.weight"] = A.to(a.lora_A.dtype)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = B.to(a.lora_B.dtype)
-    saved_modules = modules_peft_saves(wrapper)
+    saved_modules = modules_peft_saves(base_model, modules_to_save)
     for module_name in saved_modules:
-        for key, value in wrapper.base_model.get_submodule(module_name).state_dict().items():
+        for key, value in base_model.get_submodule(module_name).state_dict().items():
             tensors[f"{PREFIX}{module_name}.{key}"] = value
-    fan_in_fan_out = any(isinstance(wrapper.base_model.get_submodule(n).base, Conv1D) for n in adapters)
+    fan_in_fan_out = any(isinstance(base_model.get_submodule(n).base, Conv1D) for n in adapters)
     document = {
         "peft_type": "LORA",
-        "task_type": task_type_of(wrapper.base_model),
-        "base_model_name_or_path": getattr(wrapper.base_model, "name_or_path", None) or None,
+        "task_type": task_type_of(base_model),
+        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or None,
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": config.dropout,
@@ -128,21 +137,19 @@ def export_peft(wrapper: DynaLoraModel, path: str | Path, adapter_name: str, fol
         "layers_to_transform": None,
         "layers_pattern": None,
     }
-    with atomic_dir(path) as tmp:
-        save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt", "exported_by": "dynalora"})
-        write_json(tmp / PEFT_CONFIG, document)
+    return document, tensors
 
 
-def modules_peft_saves(wrapper: DynaLoraModel) -> list[str]:
+def modules_peft_saves(base_model: nn.Module, modules_to_save: list[str]) -> list[str]:
     """Our modules_to_save, plus the task head PEFT always loads for this kind of model.
 
     PEFT's classification models add "classifier"/"score" (QA: "qa_outputs") to
     modules_to_save themselves and then expect their weights in the file, even when we never
     trained the head; so the head we run with goes into the file in any case.
     """
-    heads = AUTO_SAVED_HEADS.get(task_type_of(wrapper.base_model), ())
-    found = [n for n, _ in wrapper.base_model.named_modules() if n and n.split(".")[-1] in heads]
-    names = set(wrapper.modules_to_save) | set(found)
+    heads = AUTO_SAVED_HEADS.get(task_type_of(base_model), ())
+    found = [n for n, _ in base_model.named_modules() if n and n.split(".")[-1] in heads]
+    names = set(modules_to_save) | set(found)
     return sorted(n for n in names if not any(n.startswith(m + ".") for m in names))
 
 
@@ -158,9 +165,17 @@ UNSUPPORTED = {
 }
 
 
-def import_peft(cls: type[DynaLoraModel], model: nn.Module, path: str | Path, adapter_name: str,
-                is_trainable: bool, allow_pickle: bool) -> DynaLoraModel:
-    """Rebuild a PEFT LoRA adapter as ours: ranks from the tensors, scalings from the alphas."""
+class PeftAdapter:
+    """A PEFT LoRA adapter read as ours: what `DynaLoraModel.wrap_and_load` needs."""
+
+    def __init__(self, config: LoraConfig, ranks: dict[str, int], scalings: dict[str, float],
+                 state: dict[str, torch.Tensor], about: dict[str, Any]) -> None:
+        self.config, self.ranks, self.scalings, self.state, self.about = config, ranks, scalings, state, about
+
+
+def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftAdapter:
+    """Rebuild a PEFT LoRA adapter as ours: ranks from the tensors, scalings from the alphas;
+    checked against `model` (its base), which is not changed."""
     path = Path(path)
     document = read_json(path / PEFT_CONFIG, "PEFT adapter config")
     peft_type = document.get("peft_type") if isinstance(document, dict) else None
@@ -218,4 +233,4 @@ def import_peft(cls: type[DynaLoraModel], model: nn.Module, path: str | Path, ad
         use_rslora=rslora,
     )
     about = {"base_model": document.get("base_model_name_or_path"), "model_type": "PEFT"}
-    return cls.wrap_and_load(model, config, adapter_name, ranks, scalings, ours, about, is_trainable)
+    return PeftAdapter(config, ranks, scalings, ours, about)

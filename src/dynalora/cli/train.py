@@ -72,18 +72,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None
 
 
 def config_from_args(args: argparse.Namespace, config_class: Any = TrainConfig) -> Any:
-    """The run config from the flags (and --config YAML); `config_class` has from_dict (SftConfig too)."""
+    """The run config from the flags, on top of the --config YAML when given (`config_class`:
+    a RunConfig such as TrainConfig or SftConfig)."""
     names = {f.name for f in dataclasses.fields(config_class)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    if "method_options" in given:
+    if "method_options" in given:  # KEY=VALUE pairs from the command line
         given["method_options"] = dict(given["method_options"])
     if args.config:
-        from dynalora.training.config import read_yaml
-
-        merged = {**read_yaml(args.config), **given}
-        if "method_options" in given:  # options merge key by key too
-            merged["method_options"] = {**read_yaml(args.config).get("method_options", {}), **given["method_options"]}
-        return config_class.from_dict(merged, source=args.config)
+        return config_class.from_yaml(args.config, **given)
     return config_class.from_dict(given, source="command line")
 
 

@@ -14,11 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dynalora.errors import DataError
+
 MAX_SHOWN_PROBLEMS = 5
-
-
-class DataError(ValueError):
-    """Data that cannot be used: a missing or unreadable file, a wrong layout, no valid rows."""
 
 
 class DataWarning(UserWarning):

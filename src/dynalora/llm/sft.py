@@ -41,12 +41,12 @@ from dynalora.llm.report import (
     write_samples,
 )
 from dynalora.training.api import count_parameters, start_run_folder
-from dynalora.training.config import RunConfigMixin, _f
 from dynalora.training.evaluation import model_inputs
 from dynalora.training.loop import Trainer
 from dynalora.training.methods import get_method
 from dynalora.training.optim import autocast, pick_device, pick_dtype, seed_everything, total_steps
 from dynalora.training.report import RunLog, plot_curves
+from dynalora.training.run_config import RunConfig, override, setting
 
 SFT_METHODS = ("lora", "dynamic", "rank1")
 DEFAULT_LR = 2e-4  # the usual LoRA SFT learning rate for decoders (1e-3, the encoder default, is too hot)
@@ -58,79 +58,46 @@ REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens")
 
 
 @dataclass
-class SftConfig(RunConfigMixin):
+class SftConfig(RunConfig):
     """One instruction-tuning run of a causal LM (the fields are `dynalora sft`'s flags)."""
 
     # A causal LM has no task head to train beside the adapters (read by lora_config_for).
     modules_to_save: ClassVar[list[str] | None] = None
 
-    data: str = _f("", "training data: JSONL (or a JSON list) of prompt/response records")
-    eval_data: str | None = _f(None, "held-out records for loss/perplexity; default: a held-out 5 percent of --data (at most 200)")
-    method: str = _f("lora", "lora, dynamic or rank1")
-    model: str | None = _f(None, "base causal LM: a Hugging Face folder, a .gguf file or a Hub id; default: the packaged SmolLM2-135M-Instruct")
-    output: str = _f("runs/sft", "run folder: adapter, metrics.json, log.jsonl, curves.png, checkpoints/")
-    epochs: float = _f(1.0, "training epochs (fractions allowed)")
-    batch_size: int = _f(4, "sequences per micro-batch")
-    eval_batch_size: int = _f(8, "sequences per evaluation batch")
-    lr: float | None = _f(None, f"peak learning rate; default {DEFAULT_LR}")
-    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to biases and gates)")
-    warmup_ratio: float = _f(0.06, "share of optimizer steps spent warming the learning rate up")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    max_grad_norm: float | None = _f(1.0, "clip the gradient norm to this; none to disable")
-    max_train_samples: int | None = _f(None, "use a random subset of this many training records")
-    max_eval_samples: int | None = _f(None, "use a random subset of this many evaluation records")
-    seed: int = _f(0, "random seed (data order, subsets, initialisation)")
-    eval_every: int | None = _f(None, "evaluate every N optimizer steps; default: after every epoch")
-    early_stopping_patience: int | None = _f(None, "stop after this many evaluations without improvement")
-    max_length: int = _f(512, "tokens per sequence; longer records are truncated (reported in the log)")
-    packing: bool = _f(False, "pack several records into each training sequence (fewer pad tokens)")
-    rank: int = _f(8, "LoRA rank (dynamic: base rank)")
-    alpha: float = _f(16.0, "LoRA alpha (scaling alpha/rank)")
-    dropout: float = _f(0.05, "dropout on the adapter input")
-    target_modules: list[str] | None = _f(None, "modules to adapt; default: every attention and MLP projection")
-    precision: str = _f("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
-    device: str = _f("auto", "auto, cpu or cuda")
-    method_options: dict[str, Any] = _f({}, "extra options for the method's config, KEY=VALUE")
-    preset: str | None = _f(None, f"record layout: {', '.join(PRESETS)}; default: detected from the first record")
-    prompt_field: str | None = _f(None, "field holding the prompt (overrides the preset)")
-    response_field: str | None = _f(None, "field holding the response (overrides the preset)")
-    input_field: str | None = _f(None, "optional field appended to the prompt (Alpaca's 'input')")
-    checkpoint_every: int | None = _f(None, "also write a resumable checkpoint every N optimizer steps")
-    resume: bool = _f(False, "continue the run in --output from its last checkpoint")
-    progress: bool = _f(True, "show a progress bar")
-    samples: int = _f(3, "held-out prompts answered by the base model and by the trained adapter, written to samples.jsonl and report.md; 0 for none")
-    exact_match_samples: int | None = _f(None, "held-out records with GSM8K-style answers ('#### <number>') scored by exact match before and after training; default: the --samples prompts when the data has such answers; 0 for none")
-    max_new_tokens: int = _f(256, "token limit of those answers")
+    method: str = override("method", "lora", "lora, dynamic or rank1")
+    model: str | None = override("model", None, "base causal LM: a Hugging Face folder, a .gguf file or a Hub id; "
+                                                "default: the packaged SmolLM2-135M-Instruct")
+    output: str = override("output", "runs/sft")
+    epochs: float = override("epochs", 1.0)
+    batch_size: int = override("batch_size", 4, "sequences per micro-batch")
+    eval_batch_size: int = override("eval_batch_size", 8, "sequences per evaluation batch")
+    lr: float | None = override("lr", None, f"peak learning rate; default {DEFAULT_LR}")
+    weight_decay: float = override("weight_decay", 0.0, "AdamW weight decay (never applied to biases and gates)")
+    max_length: int = setting(512, "tokens per sequence; longer records are truncated (reported in the log)", min=2)
+    dropout: float = override("dropout", 0.05)
+    target_modules: list[str] | None = override("target_modules", None, "modules to adapt; default: every "
+                                                                        "attention and MLP projection")
+    data: str = setting("", "training data: JSONL (or a JSON list) of prompt/response records")
+    eval_data: str | None = setting(None, "held-out records for loss/perplexity; default: a held-out 5 percent "
+                                          "of --data (at most 200)")
+    packing: bool = setting(False, "pack several records into each training sequence (fewer pad tokens)")
+    preset: str | None = setting(None, f"record layout: {', '.join(PRESETS)}; default: detected from the first "
+                                       "record", choices=tuple(PRESETS))
+    prompt_field: str | None = setting(None, "field holding the prompt (overrides the preset)")
+    response_field: str | None = setting(None, "field holding the response (overrides the preset)")
+    input_field: str | None = setting(None, "optional field appended to the prompt (Alpaca's 'input')")
+    samples: int = setting(3, "held-out prompts answered by the base model and by the trained adapter, written "
+                              "to samples.jsonl and report.md; 0 for none", min=0)
+    exact_match_samples: int | None = setting(None, "held-out records with GSM8K-style answers ('#### <number>') "
+                                                    "scored by exact match before and after training; default: "
+                                                    "the --samples prompts when the data has such answers; 0 for "
+                                                    "none", min=0)
+    max_new_tokens: int = setting(256, "token limit of those answers", positive=True)
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = self.target_modules if self.target_modules == "all-linear" else [self.target_modules]
-        self.method_options = dict(self.method_options or {})
+        super().__post_init__()
         check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
         check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
-        for name in ("batch_size", "eval_batch_size", "grad_accum", "rank", "max_new_tokens"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and value > 0, name, "must be a positive integer", value)
-        check(isinstance(self.max_length, int) and self.max_length >= 2, "max_length", "must be an integer >= 2",
-              self.max_length)
-        for name in ("max_train_samples", "max_eval_samples", "eval_every", "early_stopping_patience",
-                     "checkpoint_every"):
-            value = getattr(self, name)
-            check(value is None or (isinstance(value, int) and value > 0), name,
-                  "must be a positive integer (or unset)", value)
-        for name in ("samples", "exact_match_samples"):
-            value = getattr(self, name)
-            check(value is None or (isinstance(value, int) and value >= 0), name,
-                  "must be a non-negative integer", value)
-        check(self.epochs > 0, "epochs", "must be > 0", self.epochs)
-        check(self.lr is None or self.lr > 0, "lr", "must be > 0", self.lr)
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
-        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
-        check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0", self.max_grad_norm)
-        check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
-        check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
-        check(self.preset is None or self.preset in PRESETS, "preset", f"must be one of {sorted(PRESETS)}", self.preset)
-
 
 
 @dataclass(frozen=True)

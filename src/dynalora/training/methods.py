@@ -20,9 +20,7 @@ Adding a method is one function and one `register_method` call, e.g. PEFT's AdaL
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,78 +28,39 @@ from torch import nn
 from torch.optim import Optimizer
 
 from dynalora.adapters import DynaLoraModel, LoraConfig
-from dynalora.adapters.config import ConfigError
-from dynalora.files import AdapterFileError, load_tensors, save_tensors
+from dynalora.errors import AdapterFileError, ConfigError
+from dynalora.files import load_tensors, save_tensors
+from dynalora.training import peft_methods  # noqa: F401  registers peft-lora and peft-adalora
 from dynalora.training.classifier import SequenceClassifier
+from dynalora.training.registry import (
+    HEAD_MODULE,
+    METHODS,
+    Method,
+    Prepared,
+    lora_config_for,
+    register_method,
+)
 
 STATE_FILE = "trained_state.safetensors"
-HEAD_MODULE = "classifier"
-# Modules that register more methods when imported (other parts of dynalora, plugins).
-EXTRA_METHOD_MODULES: list[str] = ["dynalora.bench.peft_methods"]  # peft-lora, peft-adalora
-
-
-@dataclass
-class Prepared:
-    """What the training loop needs from a method."""
-
-    model: nn.Module  # called as model(**inputs) -> logits
-    classifier: SequenceClassifier  # the classifier inside `model` (for its head)
-    save: Callable[[Path, dict[str, Any]], None]  # write the trained state into a folder
-    make_hooks: Callable[[Optimizer, int], list[Any]] = lambda optimizer, total_steps: []
-    wrapper: DynaLoraModel | None = None  # set for the LoRA family (merge, export, inspect)
-    cache_features: bool = False  # backbone frozen: pool each example once, train the head on that
-    can_merge: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    default_lr: float
-    prepare: Callable[[SequenceClassifier, Any, int], Prepared]  # (classifier, TrainConfig, total_steps)
-    load: Callable[[SequenceClassifier, Path, dict[str, Any]], nn.Module]  # (classifier, folder, metadata)
-    description: str = ""
-    mergeable: bool = True  # can the trained update be folded into the base weights?
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register_method(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+__all__ = ["HEAD_MODULE", "METHODS", "Method", "Prepared", "get_method", "known_methods", "lora_config_for",
+           "register_method"]
 
 
 def known_methods() -> list[str]:
-    for module in EXTRA_METHOD_MODULES:
-        importlib.import_module(module)
     return sorted(METHODS)
 
 
 def get_method(name: str) -> Method:
-    if name not in known_methods():
+    if name not in METHODS:
         raise ConfigError(f"method={name!r}: unknown; known methods: {known_methods()}")
     return METHODS[name]
 
 
 # -- the LoRA family: our adapters, saved in the dynalora adapter format ------------------------
-def lora_config_for(config: Any, config_class: type[LoraConfig] = LoraConfig) -> LoraConfig:
-    """The adapter config of a run: rank/alpha/dropout/targets plus the method's options."""
-    try:
-        return config_class(r=config.rank, alpha=config.alpha, dropout=config.dropout,
-                            target_modules=config.target_modules,
-                            # a run config may name its own (SFT of a causal LM: none)
-                            modules_to_save=getattr(config, "modules_to_save", [HEAD_MODULE]),
-                            **config.method_options)
-    except TypeError as err:  # an option the config class does not have
-        raise ConfigError(f"method_options: {err} (not an option of {config_class.__name__})") from None
-
-
 def _lora_prepared(classifier: SequenceClassifier, adapter_config: LoraConfig,
                    make_hooks: Callable[[Optimizer, int], list[Any]] | None = None) -> Prepared:
     wrapper = DynaLoraModel(classifier, adapter_config)
-    mergeable = adapter_config.gating != "input"
-    prepared = Prepared(model=wrapper, classifier=classifier, wrapper=wrapper, can_merge=mergeable,
+    prepared = Prepared(model=wrapper, classifier=classifier, wrapper=wrapper,
                         save=lambda folder, meta: wrapper.save_pretrained(folder, metadata=meta))
     if make_hooks is not None:
         prepared.make_hooks = make_hooks
@@ -240,7 +199,7 @@ def _add_houlsby(classifier: SequenceClassifier, options: dict[str, Any], target
 def prepare_adapter(classifier: SequenceClassifier, config: Any, total_steps: int) -> Prepared:
     keep = _add_houlsby(classifier, _houlsby_options(config.to_dict()), config.target_modules)
     _freeze(classifier, keep)
-    return _plain_prepared(classifier, can_merge=False)
+    return _plain_prepared(classifier)
 
 
 def _load_adapter(classifier: SequenceClassifier, folder: Path, metadata: dict[str, Any]) -> nn.Module:
@@ -259,7 +218,7 @@ def _load_plain(classifier: SequenceClassifier, folder: Path, metadata: dict[str
     return _load_trainable(classifier, folder)
 
 
-# Learning rates: lora's measured on MRPC with the packaged MiniLM (docs/results/defaults_sweep.md);
+# Learning rates: lora's measured on MRPC with the packaged MiniLM (docs/results/defaults_sweep_mrpc.md);
 # the others follow their papers' usual ranges for small encoders.
 for _method in (
     Method("lora", 1e-3, prepare_lora, _load_lora, "LoRA on the query/value projections"),

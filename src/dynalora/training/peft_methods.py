@@ -31,7 +31,7 @@ from dynalora.adapters.config import ConfigError
 from dynalora.adapters.inject import resolve_targets
 from dynalora.files import atomic_dir, write_json
 from dynalora.training.classifier import SequenceClassifier
-from dynalora.training.methods import (
+from dynalora.training.registry import (
     HEAD_MODULE,
     Method,
     Prepared,
