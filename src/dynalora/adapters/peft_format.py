@@ -34,6 +34,7 @@ from dynalora.files import (
     save_tensors,
     write_json,
 )
+from dynalora.packaged import portable_name
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model"  # .safetensors
@@ -119,7 +120,8 @@ def peft_document(config: LoraConfig, adapters: dict[str, LoraAdapter], base_mod
     document = {
         "peft_type": "LORA",
         "task_type": task_type_of(base_model),
-        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or None,
+        # A packaged model's Hub id, not its path in this environment (dynalora.packaged).
+        "base_model_name_or_path": portable_name(getattr(base_model, "name_or_path", None)),
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": config.dropout,

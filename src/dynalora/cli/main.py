@@ -17,6 +17,7 @@ from typing import NoReturn
 COMMANDS = [
     "dynalora.cli.train",
     "dynalora.cli.eval",
+    "dynalora.cli.predict",
     "dynalora.cli.merge",
     "dynalora.cli.export",
     "dynalora.cli.inspect",

@@ -11,9 +11,12 @@ from dynalora.cli.common import add_adapter_arg
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "merge", help="fold the adapter into the base weights",
-        description="Write the trained backbone as a plain transformers checkpoint "
-                    "(AutoModel.from_pretrained loads it without dynalora), with the tokenizer and "
-                    "the classification head (head.safetensors + head.json) beside it.")
+        description="Write the trained classifier, the update folded into the encoder's weights, as a "
+                    "folder AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) "
+                    "and pipeline('text-classification', model=DIR, trust_remote_code=True) load without "
+                    "dynalora (label names in config.json, the tokenizer beside). Mean and first-token "
+                    "pooling need the small modelling file written into DIR (hence trust_remote_code); "
+                    "--pooling pooler on a BERT encoder is BERT's own head and needs no custom code.")
     add_adapter_arg(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")

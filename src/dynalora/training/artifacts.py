@@ -20,9 +20,12 @@ from dynalora.files import (
     save_tensors,
     write_json,
 )
+from dynalora.packaged import portable_name
 from dynalora.training.api import load_trained, read_run
+from dynalora.training.hf_export import save_standard, standard_classifier
 from dynalora.training.methods import HEAD_MODULE, STATE_FILE, get_method
 
+SFT_RUN_FILE = "dynalora_sft_run.json"  # dynalora.llm.sft.RUN_FILE (not imported: it loads the LLM stack)
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head.json"
 BACKBONE = "backbone."  # where the encoder sits inside our SequenceClassifier
@@ -33,10 +36,11 @@ class MergeError(ValueError):
 
 
 def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str | Path | None = None) -> Path:
-    """Write the trained backbone as a plain transformers checkpoint, the head beside it.
+    """Write the trained classifier as a folder `AutoModelForSequenceClassification` loads.
 
-    `AutoModel.from_pretrained(output)` loads the backbone with no dynalora installed; the
-    head is `head.safetensors` (a Linear: weight, bias) with `head.json` saying how to pool.
+    The update is folded into the encoder's weights; the folder holds the whole classifier
+    (encoder + head) with `id2label`/`label2id`, and the tokenizer. How it loads without
+    dynalora depends on the pooling (see `dynalora.training.hf_export`).
     """
     metadata = read_run(adapter_dir)["metadata"]
     if not get_method(metadata["method"]).mergeable:
@@ -50,72 +54,101 @@ def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str |
             raise MergeError(str(err)) from None
     else:
         classifier = model
+    standalone = standard_classifier(classifier, metadata)
     with atomic_dir(output) as tmp:
-        classifier.backbone.save_pretrained(tmp)
+        save_standard(standalone, tmp)
         tokenizer.save_pretrained(tmp)
-        write_head(tmp, classifier.classifier, metadata)
     return Path(output)
 
 
 def write_head(folder: Path, head: nn.Module, metadata: dict[str, Any]) -> None:
-    """The classification head (a Linear: weight, bias) and how to apply it, for use without dynalora."""
+    """The classification head (a Linear: weight, bias) and how to apply it, beside an adapter
+    for the bare encoder."""
     save_tensors(folder / HEAD_FILE, head.state_dict())
     write_json(folder / HEAD_CONFIG, {
         "pooling": metadata["pooling"], "num_labels": metadata["num_labels"], "labels": metadata["labels"],
         "regression": metadata["regression"], "task": metadata["task"], "max_length": metadata["max_length"],
         "how": "logits = head(pool(encoder(**tokens))) with pool = masked mean of last_hidden_state "
-               "('mean'), its first token ('cls') or pooler_output ('pooler')",
+               "('mean') or its first token ('cls')",
     })
 
 
 def export_trained(adapter_dir: str | Path, output: str | Path, fmt: str = "peft",
                    fold_scaling: bool = False) -> Path:
-    """Export a LoRA-family run's adapter in Hugging Face PEFT's format, for the base encoder.
+    """Export a LoRA-family run's adapter in Hugging Face PEFT's format.
 
-    `PeftModel.from_pretrained(AutoModel.from_pretrained(base_model), output)` gives the
-    trained encoder without dynalora: module names are the encoder's own. The classification
-    head is ours, not a transformers class, so it is written beside the adapter as
-    `merge_trained` writes it (head.safetensors + head.json).
+    A classification run with BERT's own head (pooling "pooler") exports as `SEQ_CLS` for
+    `AutoModelForSequenceClassification` of the base model, the head in the file. Other
+    poolings have no transformers head, so the adapter is for the bare encoder (`AutoModel`,
+    `FEATURE_EXTRACTION`) and the head is written beside it (head.safetensors + head.json).
+    An instruction-tuning run exports as `CAUSAL_LM`. `base_model_name_or_path` is the Hub id
+    when the base is a packaged model.
     """
     if fmt != "peft":
         raise AdapterFileError(f"export format {fmt!r} is not supported; use 'peft'")
-    metadata = read_run(adapter_dir)["metadata"]
-    if not (Path(adapter_dir) / CONFIG_FILE).is_file():
+    folder = Path(adapter_dir)
+    if (folder / SFT_RUN_FILE).is_file():
+        return export_sft(folder, output, fold_scaling)
+    metadata = read_run(folder)["metadata"]
+    if not (folder / CONFIG_FILE).is_file():
         raise AdapterFileError(f"method {metadata['method']!r} trains no LoRA adapter; there is nothing to "
                                "export in PEFT's format (use `dynalora merge` for a plain checkpoint)")
-    model, _, _ = load_trained(adapter_dir)
+    model, _, _ = load_trained(folder)
     with tempfile.TemporaryDirectory() as scratch:
         model.export_peft(Path(scratch), fold_scaling=fold_scaling)  # names inside our classifier
         document = read_json(Path(scratch) / PEFT_CONFIG, "exported adapter config")
         tensors = load_tensors(Path(scratch) / f"{PEFT_WEIGHTS}.safetensors")
-    document, tensors = encoder_relative(document, tensors)
+    bert_head = metadata["pooling"] == "pooler" and model.base_model.config.model_type == "bert"
+    document, tensors = encoder_relative(document, tensors, "bert." if bert_head else "")
+    document["base_model_name_or_path"] = portable_name(metadata["base_model"])
     with atomic_dir(output) as tmp:
         save_tensors(tmp / f"{PEFT_WEIGHTS}.safetensors", tensors, metadata={"format": "pt", "exported_by": "dynalora"})
         write_json(tmp / PEFT_CONFIG, document)
-        write_head(tmp, model.base_model.classifier, metadata)
+        if not bert_head:
+            write_head(tmp, model.base_model.classifier, metadata)
     return Path(output)
 
 
-def encoder_relative(document: dict[str, Any], tensors: dict[str, torch.Tensor]
+def export_sft(folder: Path, output: str | Path, fold_scaling: bool) -> Path:
+    """An instruction-tuning run's adapter for PEFT (`CAUSAL_LM` on the recorded base model)."""
+    from dynalora.llm.models import load_with_adapters
+
+    wrapper, _ = load_with_adapters([folder])
+    wrapper.export_peft(output, fold_scaling=fold_scaling)
+    return Path(output)
+
+
+def encoder_relative(document: dict[str, Any], tensors: dict[str, torch.Tensor], encoder_prefix: str = ""
                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A PEFT adapter of our classifier renamed to fit the bare encoder, the head left out."""
+    """A PEFT adapter of our classifier renamed to fit transformers' own model of the base.
+
+    `encoder_prefix` "": the bare encoder (AutoModel), the head left out. "bert.": BERT's
+    sequence classifier, whose encoder sits under `bert.` and whose head is `classifier` as ours.
+    """
 
     def inside(name: str) -> str:
         if not name.startswith(BACKBONE):
             raise AdapterFileError(f"{name}: not inside the encoder, so PEFT cannot load it onto the base model")
-        return name.removeprefix(BACKBONE)
+        return encoder_prefix + name.removeprefix(BACKBONE)
 
+    keep_head = bool(encoder_prefix)
     saved = [m for m in document.get("modules_to_save") or [] if m != HEAD_MODULE]
     renamed = {
         **document,
-        "task_type": None,  # a bare encoder (AutoModel), no task head
+        "task_type": "SEQ_CLS" if keep_head else "FEATURE_EXTRACTION",
         "target_modules": [inside(n) for n in document["target_modules"]],
         "rank_pattern": {inside(k): v for k, v in document["rank_pattern"].items()},
         "alpha_pattern": {inside(k): v for k, v in document["alpha_pattern"].items()},
-        "modules_to_save": [inside(m) for m in saved] or None,
+        "modules_to_save": [inside(m) for m in saved] + ([HEAD_MODULE] if keep_head else []) or None,
     }
     head = f"{PREFIX}{HEAD_MODULE}."
-    kept = {PREFIX + inside(k.removeprefix(PREFIX)): v for k, v in tensors.items() if not k.startswith(head)}
+    kept = {}
+    for key, value in tensors.items():
+        if key.startswith(head):
+            if keep_head:
+                kept[key] = value
+            continue
+        kept[PREFIX + inside(key.removeprefix(PREFIX))] = value
     return renamed, kept
 
 
