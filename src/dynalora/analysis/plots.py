@@ -30,21 +30,29 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def phi_heatmaps(grids: dict[str, np.ndarray], path: str | Path, title: str, max_layers: int = 12) -> Path:
-    """One phi(i, j) heatmap per layer (rows i of adapter 1, columns j of adapter 2)."""
+    """One phi(i, j) heatmap per layer (rows i of adapter 1, columns j of adapter 2).
+
+    Constrained layout keeps each panel's title clear of the tick labels of the panel above;
+    the axis names are written once (left column, bottom row) instead of on every panel.
+    """
     names = list(grids)[:max_layers]
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.2, 3.0 * rows + 0.6), squeeze=False,
+                             layout="constrained")
+    for k, (ax, name) in enumerate(zip(axes.flat, names)):
         grid = grids[name]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="upper", aspect="auto",
                        extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
-        ax.set_title(short_layer(name), fontsize=9)
-        ax.set_xlabel("j", fontsize=8)
-        ax.set_ylabel("i", fontsize=8)
+        ax.set_title(f"layer {short_layer(name).replace('.', ': ', 1)}", fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel("i (adapter 1)", fontsize=8)
+        if k >= len(names) - cols:
+            ax.set_xlabel("j (adapter 2)", fontsize=8)
+        ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="phi")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="phi (subspace similarity)")
     fig.suptitle(title)
     return save_figure(fig, path)
 

@@ -42,30 +42,67 @@ class RunLog:
         self._file.close()
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, metric: str) -> None:
-    """Training loss (and its running mean) and the evaluation metric against the step."""
+# How the evaluation metrics read on an axis (the keys are those of compute_metrics and SFT).
+METRIC_NAMES = {
+    "accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson r",
+    "spearman": "Spearman rank correlation", "roc_auc": "ROC AUC", "loss": "held-out loss",
+    "perplexity": "held-out perplexity",
+}
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, metric: str, title: str = "") -> None:
+    """curves.png: see `curves_figure`."""
+    fig = curves_figure(records, metric, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def curves_figure(records: list[dict[str, Any]], metric: str, title: str = "") -> Any:
+    """Training loss (and its moving average) and the evaluation `metric` against the step,
+    the best evaluation marked; `title` says what ran (task, method, model)."""
     # The Agg canvas directly: no display needed, matplotlib's global backend left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    steps = [r["step"] for r in records if r.get("kind") == "train"]
-    losses = [r["loss"] for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    fig = Figure(figsize=(10, 3.6))
+    train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
+    steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+    evals = [r for r in records if r.get("kind") == "eval" and r["metrics"].get(metric) is not None]
+    name = METRIC_NAMES.get(metric, metric)
+    fig = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    left.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
     window = max(1, len(losses) // 20)
-    if len(losses) >= window:
-        smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                  for i in range(len(losses))]
-        left.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
-    left.set_xlabel("optimizer step")
-    left.set_ylabel("training loss")
-    left.legend()
-    right.plot([r["step"] for r in evals], [r["metrics"].get(metric) for r in evals], marker="o")
-    right.set_xlabel("optimizer step")
-    right.set_ylabel(f"dev {metric}")
+    if window > 1:
+        left.plot(steps, losses, lw=0.6, alpha=0.35, color="tab:blue", label="per step")
+        left.plot(steps, moving_average(losses, window), lw=1.6, color="tab:blue",
+                  label=f"moving average of {window} steps")
+        left.legend(fontsize=8)
+    else:
+        left.plot(steps, losses, lw=1.2, color="tab:blue")
+    left.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
+    left.grid(alpha=0.3)
+    if evals:
+        x, y = [r["step"] for r in evals], [r["metrics"][metric] for r in evals]
+        right.plot(x, y, marker="o", color="tab:orange")
+        best = (min if metric in LOWER_IS_BETTER else max)(range(len(y)), key=y.__getitem__)
+        right.plot([x[best]], [y[best]], marker="*", ms=14, color="tab:red", ls="none",
+                   label=f"best: {y[best]:.4g} at step {x[best]}")
+        right.legend(fontsize=8)
+    right.set(xlabel="optimizer step", ylabel=f"{name} (evaluation split)", title=f"evaluation: {name}")
+    right.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    return fig
