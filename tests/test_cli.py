@@ -185,6 +185,8 @@ def one_line_error(code: int, stderr: str) -> str:
     (["--epochs", "abc"], "argument --epochs: invalid float value: 'abc'"),
     (["--lr", "-1"], "lr=-1.0: must be > 0"),
     (["--method", "lorax"], "method='lorax'"),
+    (["--method-options", "foo=1"], "['foo'] not option(s) of method 'lora'; its options: exclude_modules, use_rslora"),
+    (["--pooling", "max"], "argument --pooling: invalid choice: 'max'"),
 ])
 def test_bad_train_flags_exit_2_with_one_line(argv: list[str], says: str, capsys, tmp_path: Path,
                                               tiny_model_dir: Path, tiny_glue_dir: Path) -> None:

@@ -127,6 +127,15 @@ class LoraConfig:
 CONFIG_CLASSES["lora"] = LoraConfig
 
 
+# Fields a training run fills from its own settings (--rank, --alpha, ...), not method_options.
+RUN_SETTINGS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
+
+
+def method_option_names(cls: type[LoraConfig]) -> list[str]:
+    """The fields of adapter config `cls` a run may set through `method_options`."""
+    return [f.name for f in dataclasses.fields(cls) if f.name not in RUN_SETTINGS]
+
+
 def config_from_dict(data: dict[str, Any]) -> LoraConfig:
     """Rebuild a config saved by `to_dict()`; unknown keys are an error naming them."""
     data = dict(data)

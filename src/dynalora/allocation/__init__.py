@@ -2,35 +2,46 @@
 rule, resizing with a consistent optimizer, gates and pruning, and the controller that runs
 them beside a training loop (see shared/docs/METHOD.md sections 2-3)."""
 
+from typing import TYPE_CHECKING
+
+# The configs load now (plain Python; importing them registers "dynamic" and "rank1" with
+# adapters.config); everything else, which needs torch or transformers' Trainer, on first use.
 from dynalora.allocation.config import DynamicLoraConfig, Rank1LoraConfig
-from dynalora.allocation.controller import AllocationController
-from dynalora.allocation.ranks import (
-    allocation_shares,
-    clamp_to_mean_one,
-    project_to_budget,
-    rank_scores,
-    uniform_budget,
-)
-from dynalora.allocation.resize import (
-    ResizeResult,
-    grow_adapter,
-    resize_adapter,
-    select_components,
-    shrink_adapter,
-    svd_shrink,
-    swap_parameter,
-)
-from dynalora.allocation.stats import InputStatistics, RunningMoments
+from dynalora.lazy import lazy_exports
 
+_EXPORTS = {
+    "AllocationController": "dynalora.allocation.controller",
+    "DynamicLoraCallback": "dynalora.allocation.callback",
+    **{name: "dynalora.allocation.ranks" for name in (
+        "allocation_shares", "clamp_to_mean_one", "project_to_budget", "rank_scores", "uniform_budget")},
+    **{name: "dynalora.allocation.resize" for name in (
+        "ResizeResult", "grow_adapter", "resize_adapter", "select_components", "shrink_adapter", "svd_shrink",
+        "swap_parameter")},
+    "InputStatistics": "dynalora.allocation.stats",
+    "RunningMoments": "dynalora.allocation.stats",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-def __getattr__(name: str):
-    # The Trainer callback imports transformers' Trainer machinery: load it on first use.
-    if name == "DynamicLoraCallback":
-        from dynalora.allocation.callback import DynamicLoraCallback
-
-        return DynamicLoraCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+if TYPE_CHECKING:  # what type checkers and editors see
+    from dynalora.allocation.callback import DynamicLoraCallback
+    from dynalora.allocation.controller import AllocationController
+    from dynalora.allocation.ranks import (
+        allocation_shares,
+        clamp_to_mean_one,
+        project_to_budget,
+        rank_scores,
+        uniform_budget,
+    )
+    from dynalora.allocation.resize import (
+        ResizeResult,
+        grow_adapter,
+        resize_adapter,
+        select_components,
+        shrink_adapter,
+        svd_shrink,
+        swap_parameter,
+    )
+    from dynalora.allocation.stats import InputStatistics, RunningMoments
 
 __all__ = [
     "AllocationController",

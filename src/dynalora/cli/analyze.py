@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+HELP = "subspace similarity and amplification of one or two trained adapters"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     from dynalora.analysis.subspace import SOURCES
 
     parser = subparsers.add_parser(
-        "analyze", help="subspace similarity and amplification of one or two trained adapters",
+        "analyze", help=HELP,
         description="The analyses of the LoRA paper (section 7) on LoRA-family run folders "
                     "(lora, dynamic, rank1). For each adapter, per layer: the amplification "
                     "||Delta W|| / ||U^T W0 V|| along Delta W's top singular directions, against "

@@ -14,6 +14,9 @@ from dynalora.cli.train import none_or
 PROFILE_OVERRIDES = ("max_train_samples", "max_eval_samples", "epochs")
 
 
+HELP = "rerun the paper's Tables 1 and 2 (tasks x methods x seeds), PEFT side by side"  # its line in `dynalora --help`
+
+
 def describe_profiles() -> str:
     from dynalora.bench.profiles import PROFILES
 
@@ -29,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     from dynalora.bench.profiles import ALL_METHODS, PROFILES
 
     parser = subparsers.add_parser(
-        "bench", help="rerun the paper's Tables 1 and 2 (tasks x methods x seeds), PEFT side by side",
+        "bench", help=HELP,
         description="Train every (task, method, seed) of a profile, each in its own process, then write "
                     "results.jsonl, Table 1 (quality: accuracy, ROC AUC, F1, recall and the task's GLUE "
                     "metric, mean ± std over seeds) and Table 2 (cost: training time, inference latency "

@@ -8,10 +8,12 @@ from typing import Any
 from dynalora.cli.common import add_adapter_arg, print_json
 from dynalora.cli.predict import add_file_args
 
+HELP = "evaluate a trained run"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a trained run",
+        "eval", help=HELP,
         description="Rebuild a trained model from its run folder and print its metrics as JSON. "
                     "With no other flags this reproduces the run's metrics.json.")
     add_adapter_arg(parser)

@@ -7,10 +7,12 @@ from typing import Any
 
 from dynalora.cli.common import add_adapter_arg
 
+HELP = "export the adapter for Hugging Face PEFT"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "export", help="export the adapter for Hugging Face PEFT",
+        "export", help=HELP,
         description="Write a LoRA-family run's adapter as adapter_config.json + "
                     "adapter_model.safetensors that PEFT loads onto the base encoder "
                     "(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), OUTPUT)), with the "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+HELP = "generate text with a causal LM and LoRA adapters (streamed)"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "generate", help="generate text with a causal LM and LoRA adapters (streamed)",
+        "generate", help=HELP,
         description="Answer --prompt with the base model an adapter was trained on (it is recorded in "
                     "the adapter folder) plus the adapter. Repeat --adapter to sum several adapters, "
                     "weighted by --weights; --no-adapter runs the base model alone.")

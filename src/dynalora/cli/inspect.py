@@ -10,9 +10,12 @@ from dynalora.cli.common import add_adapter_arg, print_json
 COLUMNS = ("module", "rank", "weight", "scaling", "params")
 
 
+HELP = "show what a run trained, layer by layer"  # its line in `dynalora --help`
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "inspect", help="show what a run trained, layer by layer",
+        "inspect", help=HELP,
         description="Print a table of the trained modules: rank, allocation weight, scaling and "
                     "parameter count per layer (read from the files; no model is loaded).")
     add_adapter_arg(parser)

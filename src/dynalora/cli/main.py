@@ -1,8 +1,10 @@
 """`dynalora` command line: one subcommand per module, each calling one public function.
 
-A command module defines `add_parser(subparsers)`, which adds its parser and sets
-`func=<callable taking the parsed args, returning an exit code>`. Adding a command is one line
-in COMMANDS. Errors a user can fix (bad flags or values, missing or broken files) are printed
+A command module defines `HELP` (its line in `dynalora --help`) and `add_parser(subparsers)`,
+which adds its parser and sets `func=<callable taking the parsed args, returning an exit
+code>`. Adding a command is one line in COMMANDS. Only the command being run builds its full
+parser (the others are listed by name and HELP), and command modules import torch and
+transformers only inside their functions, so `dynalora --help` answers at once. Errors a user can fix (bad flags or values, missing or broken files) are printed
 as one line and exit with status 2; a diverged training run exits with status 1.
 """
 
@@ -35,16 +37,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The whole parser, or with `command` given, that command's in full and the others as names."""
     from dynalora import __version__
 
     parser = Parser(prog="dynalora", description="LoRA, dynamic LoRA and Rank-1 Sum LoRA fine-tuning.")
     parser.add_argument("--version", action="version", version=f"dynalora {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subparsers.required = True
-    for module in COMMANDS:
-        importlib.import_module(module).add_parser(subparsers)
+    for name in COMMANDS:
+        module = importlib.import_module(name)
+        if command is None or name.rpartition(".")[2] == command:
+            module.add_parser(subparsers)
+        else:
+            subparsers.add_parser(name.rpartition(".")[2], help=module.HELP)
     return parser
+
+
+def chosen_command(argv: Sequence[str]) -> str:
+    """The command named in `argv` (its first word that is not an option), or "" for none."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -59,8 +71,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     from dynalora.training import TrainingDiverged
 
     try:

@@ -7,10 +7,12 @@ from typing import Any
 
 from dynalora.cli.common import add_adapter_arg
 
+HELP = "fold the adapter into the base weights"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "merge", help="fold the adapter into the base weights",
+        "merge", help=HELP,
         description="Write the trained classifier, the update folded into the encoder's weights, as a "
                     "folder AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) "
                     "and pipeline('text-classification', model=DIR, trust_remote_code=True) load without "

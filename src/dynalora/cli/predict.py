@@ -9,6 +9,8 @@ from typing import Any
 
 from dynalora.cli.common import add_adapter_arg, print_json
 
+HELP = "predict labels for a file of new text"  # its line in `dynalora --help`
+
 
 def add_file_args(parser: argparse.ArgumentParser, flag: str) -> None:
     """The table to score and its columns (shared with `eval --dev-file`)."""
@@ -23,7 +25,7 @@ def add_file_args(parser: argparse.ArgumentParser, flag: str) -> None:
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "predict", help="predict labels for a file of new text",
+        "predict", help=HELP,
         description="Score every row of a CSV/TSV/JSONL file with a trained run: the predicted label "
                     "and each label's probability (regression: the score). With --output the rows go "
                     "to that file (.jsonl, .csv or .tsv, one line per input row) and a JSON summary "

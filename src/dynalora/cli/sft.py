@@ -8,12 +8,14 @@ from typing import Any
 from dynalora.cli.common import print_json
 from dynalora.cli.train import add_config_flags, config_from_args
 
+HELP = "instruction-tune a causal LM (default: the packaged SmolLM2) on prompt/response data"  # its line in `dynalora --help`
+
 
 def add_parser(subparsers: Any) -> None:
     from dynalora.llm.sft import SftConfig
 
     parser = subparsers.add_parser(
-        "sft", help="instruction-tune a causal LM (default: the packaged SmolLM2) on prompt/response data",
+        "sft", help=HELP,
         description="Supervised fine-tuning of a decoder LLM with lora, dynamic or rank1 adapters; the "
                     "loss counts response tokens only. Writes into --output the adapter, metrics.json "
                     "(held-out loss and perplexity before and after), log.jsonl, curves.png, "

@@ -11,6 +11,8 @@ import yaml
 from dynalora.cli.common import print_json
 from dynalora.training.config import TrainConfig
 
+HELP = "fine-tune on a GLUE task or your own data"  # its line in `dynalora --help`
+
 
 def none_or(kind: type) -> Any:
     """A converter accepting `none` (unset) as well as a `kind` value."""
@@ -34,11 +36,41 @@ def key_value(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def shown(default: Any) -> str:
+    """A default as a user would type it (None is "unset", not Python's None)."""
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, (list, dict)) and not default:
+        return "none"
+    return str(default)
+
+
+def method_options_help() -> str:
+    """Which KEY=VALUE options each method takes (from the adapter config classes)."""
+    from dynalora.adapters.config import CONFIG_CLASSES, method_option_names
+
+    lora = method_option_names(CONFIG_CLASSES["lora"])
+    parts = [f"lora: {', '.join(lora)}"]
+    for name in ("dynamic", "rank1"):
+        if name in CONFIG_CLASSES:
+            extra = [o for o in method_option_names(CONFIG_CLASSES[name]) if o not in lora]
+            parts.append(f"{name}: lora's and {', '.join(extra)}")
+    parts += ["adapter: bottleneck, train_layer_norm", "peft-lora / peft-adalora: fields of PEFT's LoraConfig / "
+              "AdaLoraConfig", "full, head, bitfit: none"]
+    return "; ".join(parts)
+
+
 def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     flag = "--" + f.name.replace("_", "-")
     kind = str(f.type)
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    help_text = f.metadata.get("help", "")
+    if f.name == "method_options":
+        help_text += f". Options by method: {method_options_help()}"
+    if "default:" not in help_text:  # some helps say it in words ("default: the packaged MiniLM")
+        help_text += f" (default: {shown(default)})"
     options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     if kind == "bool":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -49,12 +81,16 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     else:
         base = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
         converter = none_or(base) if "None" in kind else base
-        parser.add_argument(flag, type=converter, metavar=base.__name__.upper(), **options)
+        choices = f.metadata.get("choices")
+        if choices:  # argparse lists them in the usage line and refuses anything else
+            parser.add_argument(flag, type=converter, choices=list(choices), **options)
+        else:
+            parser.add_argument(flag, type=converter, metavar=base.__name__.upper(), **options)
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "train", help="fine-tune on a GLUE task or your own data",
+        "train", help=HELP,
         description="Fine-tune a sequence classifier (default: the packaged MiniLM) with one of the "
                     "methods; writes the adapter, metrics.json, log.jsonl, curves.png and checkpoints "
                     "into --output, and prints the final metrics as JSON.")

@@ -40,6 +40,7 @@ from dynalora.llm.report import (
     write_report,
     write_samples,
 )
+from dynalora.packaged import portable_name
 from dynalora.training.api import count_parameters, start_run_folder
 from dynalora.training.evaluation import model_inputs
 from dynalora.training.loop import Trainer
@@ -256,7 +257,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
         "ranks": prepared.wrapper.ranks(),
     }
     write_json(out / "metrics.json", metrics)
-    plot_curves(log.records, out / "curves.png", "loss")
+    plot_curves(log.records, out / "curves.png", "loss", title=f"SFT: {config.method} on {portable_name(source)}")
     for hook in trainer.hooks:
         if hasattr(hook, "write_report"):
             hook.write_report(out)

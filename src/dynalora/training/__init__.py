@@ -5,12 +5,28 @@
     assert evaluate("runs/mrpc")["metrics"] == metrics["metrics"]
 """
 
-from dynalora.training.api import evaluate, load_trained, train
-from dynalora.training.classifier import SequenceClassifier, build_classifier
-from dynalora.training.config import TrainConfig
-from dynalora.training.loop import TrainingDiverged
-from dynalora.training.methods import METHODS, Method, Prepared, get_method, register_method
-from dynalora.training.metrics import compute_metrics, main_metric
+from typing import TYPE_CHECKING
+
+from dynalora.lazy import lazy_exports
+
+# Loaded on first use (dynalora.lazy): building a TrainConfig needs no torch.
+_EXPORTS = {
+    "evaluate": "dynalora.training.api", "load_trained": "dynalora.training.api", "train": "dynalora.training.api",
+    "SequenceClassifier": "dynalora.training.classifier", "build_classifier": "dynalora.training.classifier",
+    "TrainConfig": "dynalora.training.config",
+    "TrainingDiverged": "dynalora.training.loop",
+    **{name: "dynalora.training.methods" for name in ("METHODS", "Method", "Prepared", "get_method", "register_method")},
+    "compute_metrics": "dynalora.training.metrics", "main_metric": "dynalora.training.metrics",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from dynalora.training.api import evaluate, load_trained, train
+    from dynalora.training.classifier import SequenceClassifier, build_classifier
+    from dynalora.training.config import TrainConfig
+    from dynalora.training.loop import TrainingDiverged
+    from dynalora.training.methods import METHODS, Method, Prepared, get_method, register_method
+    from dynalora.training.metrics import compute_metrics, main_metric
 
 __all__ = [
     "METHODS",

@@ -31,6 +31,7 @@ from dynalora.data import (
     load_table,
 )
 from dynalora.files import AdapterFileError, read_json, write_json
+from dynalora.packaged import portable_name
 from dynalora.training.checkpoint import Checkpoint, latest_checkpoint
 from dynalora.training.classifier import build_classifier, default_model_path
 from dynalora.training.config import TrainConfig
@@ -178,7 +179,8 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
         "trainable_params": trainable, "total_params": total, "lr": lr, "head_lr": head_lr,
     }
     write_json(out / "metrics.json", metrics)
-    plot_curves(log.records, out / "curves.png", "main")
+    plot_curves(log.records, out / "curves.png", task.main_metric,
+                title=f"{task.name}: {config.method} on {portable_name(model_path)}")
     for hook in trainer.hooks:
         if hasattr(hook, "write_report"):
             hook.write_report(out)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from dynalora.adapters import DynaLoraModel, LoraConfig
+from dynalora.adapters.config import method_option_names
 from dynalora.errors import ConfigError
 
 # The classification head's module name: trained in full and saved beside the adapters.
@@ -58,6 +59,11 @@ def register_method(method: Method) -> Method:
 
 def lora_config_for(config: Any, config_class: type[LoraConfig] = LoraConfig) -> LoraConfig:
     """The adapter config of a run: rank/alpha/dropout/targets plus the method's options."""
+    valid = method_option_names(config_class)
+    unknown = sorted(set(config.method_options) - set(valid))
+    if unknown:
+        raise ConfigError(f"method_options: {unknown} not option(s) of method {config_class.method!r}; "
+                          f"its options: {', '.join(valid)}")
     try:
         return config_class(r=config.rank, alpha=config.alpha, dropout=config.dropout,
                             target_modules=config.target_modules,
