@@ -27,10 +27,10 @@ from training_helpers import (
 from dynalora.adapters.config import ConfigError
 from dynalora.data import BucketBatcher
 from dynalora.training import TrainConfig, TrainingDiverged, evaluate, load_trained, train
-from dynalora.training import api as training_api
+from dynalora.training import run as training_run
 from dynalora.training.api import read_run
 from dynalora.training.checkpoint import latest_checkpoint
-from dynalora.training.loop import Trainer
+from dynalora.training.loop import TrainingLoop
 from dynalora.training.optim import linear_schedule
 
 ALL_METHODS = ("lora", "dynamic", "rank1", "full", "head", "adapter", "bitfit")
@@ -134,10 +134,10 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, tiny_glue_d
 
 
 # -- divergence ---------------------------------------------------------------------------------------
-def poisoning_trainer(at_step: int) -> type[Trainer]:
+def poisoning_trainer(at_step: int) -> type[TrainingLoop]:
     """The loop, but every trainable tensor turns NaN right after optimizer step `at_step`."""
 
-    class PoisoningTrainer(Trainer):
+    class PoisoningTrainer(TrainingLoop):
         def optimizer_step(self) -> None:
             super().optimizer_step()
             if self.state["step"] == at_step:
@@ -156,7 +156,7 @@ def poisoning_trainer(at_step: int) -> type[Trainer]:
 def test_nan_stops_the_run_and_keeps_the_last_good_model(poisoned_at: int, reported: str, tiny_model_dir: Path,
                                                          tiny_glue_dir: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training_api, "Trainer", poisoning_trainer(poisoned_at))
+    monkeypatch.setattr(training_run, "TrainingLoop", poisoning_trainer(poisoned_at))
     config = tiny_config(tiny_model_dir, tiny_glue_dir, tmp_path, epochs=1, eval_every=2, checkpoint_every=2)
     with pytest.raises(TrainingDiverged, match=reported) as caught:
         train(config)
@@ -183,7 +183,7 @@ def test_accumulating_two_batches_of_4_equals_one_batch_of_8(tiny_model_dir: Pat
     def in_file_order(features, batch_size, shuffle, **kw):
         return BucketBatcher(features, batch_size, shuffle=False, **kw)
 
-    monkeypatch.setattr(training_api, "BucketBatcher", in_file_order)
+    monkeypatch.setattr(training_run, "BucketBatcher", in_file_order)
     runs = {}
     for name, batch_size, accum in (("4x2", 4, 2), ("8x1", 8, 1), ("4x1", 4, 1)):
         runs[name] = train(tiny_config(tiny_model_dir, tiny_glue_dir, tmp_path / name, epochs=1,

@@ -29,7 +29,19 @@ class RunFolderError(DynaLoraError, ValueError):
 
 
 class MissingDependencyError(DynaLoraError, ImportError):
-    """An optional package a feature needs is not installed; the message says which extra."""
+    """A package a feature needs is not installed; the message says what to install."""
+
+
+class TargetError(DynaLoraError, ValueError):
+    """A target or module name (target_modules, modules_to_save) that matches nothing in the model."""
+
+
+class MergeError(DynaLoraError, ValueError):
+    """A trained model whose update cannot be folded into the base weights."""
+
+
+class ModelLoadError(DynaLoraError, ValueError):
+    """A model path or file that cannot be loaded; the message says what was looked for."""
 
 
 __all__ = [
@@ -37,6 +49,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DynaLoraError",
+    "MergeError",
     "MissingDependencyError",
+    "ModelLoadError",
     "RunFolderError",
+    "TargetError",
 ]

@@ -75,14 +75,16 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+def read_json(path: str | os.PathLike, what: str = "file", error: type[Exception] = AdapterFileError) -> Any:
+    """The JSON in `path`; a missing or broken file raises `error` (a run folder's files say
+    RunFolderError) naming the file and `what` it should have been."""
     path = Path(path)
     if not path.is_file():
-        raise AdapterFileError(f"{what} not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterFileError(f"{path}: not valid JSON ({err})") from None
+        raise error(f"{path}: not valid JSON ({err})") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

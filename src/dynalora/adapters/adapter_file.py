@@ -15,17 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynalora import files
 from dynalora.adapters.config import LoraConfig, config_from_dict
 from dynalora.adapters.layer import LoraAdapter
 from dynalora.errors import AdapterFileError
-from dynalora.files import (
-    atomic_dir,
-    find_weights,
-    load_tensors,
-    read_json,
-    save_tensors,
-    write_json,
-)
 
 CONFIG_FILE = "dynalora_config.json"
 WEIGHTS_FILE = "dynalora_adapter"  # .safetensors
@@ -58,9 +51,9 @@ def write_adapter(path: str | Path, config: LoraConfig, adapters: dict[str, Lora
         "modules_to_save": modules_to_save,
         "metadata": metadata or {},
     }
-    with atomic_dir(path) as tmp:
-        save_tensors(tmp / f"{WEIGHTS_FILE}.safetensors", state, metadata={"format": FORMAT})
-        write_json(tmp / CONFIG_FILE, document)
+    with files.atomic_dir(path) as tmp:
+        files.save_tensors(tmp / f"{WEIGHTS_FILE}.safetensors", state, metadata={"format": FORMAT})
+        files.write_json(tmp / CONFIG_FILE, document)
 
 
 def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -72,7 +65,7 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
         raise AdapterFileError(
             f"{path} holds a Hugging Face PEFT adapter; load it with DynaLoraModel.from_peft()"
         )
-    document = read_json(path / CONFIG_FILE, "adapter config")
+    document = files.read_json(path / CONFIG_FILE, "adapter config")
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise AdapterFileError(f"{path / CONFIG_FILE}: not a dynalora adapter config")
     absent = [key for key in ("config", "layers") if not isinstance(document.get(key), dict)]
@@ -83,7 +76,7 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
             f"{path}: adapter format version {document['version']} is newer than this dynalora "
             f"reads ({FORMAT_VERSION}); upgrade dynalora"
         )
-    state = load_tensors(find_weights(path, WEIGHTS_FILE), allow_pickle)
+    state = files.load_tensors(files.find_weights(path, WEIGHTS_FILE), allow_pickle)
     return document, state
 
 

@@ -8,13 +8,10 @@ from torch import nn
 
 from dynalora.adapters.config import DEFAULT_TARGETS, LoraConfig
 from dynalora.adapters.layer import SUPPORTED_BASE_TYPES, LoraAdapter, LoraLayer, base_shape
+from dynalora.errors import TargetError
 
 # Output heads are never adapted by "all-linear": they are trained in full or left alone.
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "pooler")
-
-
-class TargetError(ValueError):
-    """A target or module name that matches nothing in the model."""
 
 
 def name_matches(name: str, pattern: list[str] | str) -> bool:

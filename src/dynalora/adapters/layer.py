@@ -97,9 +97,6 @@ class LoraAdapter(nn.Module):
     def mergeable(self) -> bool:
         return self.gate_proj is None
 
-    def component_gates(self) -> torch.Tensor | None:
-        return self.gate
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The update's contribution `s * w * B g A x` (same leading dims as x)."""
         x = x.to(self.lora_A.dtype)

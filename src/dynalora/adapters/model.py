@@ -7,6 +7,10 @@
     lora.export_peft("out-peft/")                      # Hugging Face PEFT's format
     lora = DynaLoraModel.from_pretrained(base, "out/")  # back again
     lora.save_merged("merged/")                        # plain transformers checkpoint
+
+This module keeps the adapters' bookkeeping and the forward pass; merging lives in
+merging.py, our file format in adapter_file.py and PEFT's in peft_format.py, and the
+methods here that reach them are thin delegates.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynalora.adapters import merging
 from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: their old import path)
     CONFIG_FILE,
     FORMAT,
@@ -36,7 +41,6 @@ from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_mod
 from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row
 from dynalora.adapters.peft_format import export_peft, import_peft
 from dynalora.errors import AdapterFileError
-from dynalora.files import atomic_dir
 
 
 class DynaLoraModel(nn.Module):
@@ -179,16 +183,10 @@ class DynaLoraModel(nn.Module):
     def ranks(self, name: str | None = None) -> dict[str, int]:
         return {n: a.r for n, a in self.adapter_modules(name).items()}
 
-    # -- merging ----------------------------------------------------------------------------
+    # -- merging (adapters/merging.py) ------------------------------------------------------
     def check_mergeable(self) -> None:
         """Raise if an active adapter cannot be folded into the base weights."""
-        for layer in self.lora_layers().values():
-            for name in layer.active:
-                if not layer.adapters[name].mergeable:
-                    raise RuntimeError(
-                        f"adapter {name!r} uses input-conditional gates (gating='input'): its update "
-                        "depends on the input, so it cannot be merged into the base weights"
-                    )
+        merging.check_mergeable(self.lora_layers().values())
 
     def merge(self) -> None:
         """Fold the active adapters into the base weights (zero added latency)."""
@@ -207,40 +205,13 @@ class DynaLoraModel(nn.Module):
         return self.base_model
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The base model's own state dict (its key names) with the active adapters folded in.
-
-        Computed beside the model, which is left untouched (merging then unmerging in place
-        would move the base weights by float rounding).
-        """
-        self.check_mergeable()
-        layers = self.lora_layers()
-        state: dict[str, torch.Tensor] = {}
-        # Tied weights (an LM head sharing the embedding) stay one tensor, so that
-        # save_pretrained still sees them as tied and writes them once.
-        copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-        for key, value in self.base_model.state_dict().items():
-            owner, sep, rest = key.partition(".base.")
-            if sep and owner in layers:  # `<layer>.base.weight` is the model's `<layer>.weight`
-                key = f"{owner}.{rest}"
-                if rest == "weight":
-                    state[key] = layers[owner].merged_weight()  # one fresh tensor, adapters folded in
-                    continue
-            elif key.partition(".adapters.")[0] in layers:
-                continue  # the adapters' own tensors are not part of the plain model
-            ident = (value.data_ptr(), tuple(value.shape))
-            if ident not in copies:
-                copies[ident] = value.detach().clone()
-            state[key] = copies[ident]
-        return state
+        """The base model's own state dict (its key names) with the active adapters folded in;
+        the model itself is left untouched."""
+        return merging.merged_state_dict(self.base_model, self.lora_layers())
 
     def save_merged(self, path: str | Path) -> None:
         """A plain transformers checkpoint: loads with `AutoModel...from_pretrained`, no dynalora."""
-        state = self.merged_state_dict()
-        with atomic_dir(path) as tmp:
-            self.base_model.save_pretrained(tmp, state_dict=state)
-            tokenizer = getattr(self, "tokenizer", None)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        merging.save_merged(self.base_model, self.merged_state_dict(), path, getattr(self, "tokenizer", None))
 
     # -- saving and loading (our format) ----------------------------------------------------
     def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from dynalora.adapters.adapter_file import check_layers_exist
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import pattern_value
 from dynalora.adapters.layer import LoraAdapter
@@ -167,12 +169,15 @@ UNSUPPORTED = {
 }
 
 
+@dataclass
 class PeftAdapter:
     """A PEFT LoRA adapter read as ours: what `DynaLoraModel.wrap_and_load` needs."""
 
-    def __init__(self, config: LoraConfig, ranks: dict[str, int], scalings: dict[str, float],
-                 state: dict[str, torch.Tensor], about: dict[str, Any]) -> None:
-        self.config, self.ranks, self.scalings, self.state, self.about = config, ranks, scalings, state, about
+    config: LoraConfig
+    ranks: dict[str, int]
+    scalings: dict[str, float]
+    state: dict[str, torch.Tensor]  # our tensor names
+    about: dict[str, Any]  # base model name and kind, for error messages
 
 
 def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftAdapter:
@@ -202,13 +207,9 @@ def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftA
             extra[bare] = value
     if not lora:
         raise AdapterFileError(f"{path}: no lora_A/lora_B tensors found")
+    about = {"base_model": document.get("base_model_name_or_path"), "model_type": "PEFT"}
+    check_layers_exist(model, lora, about)
     modules = {n for n, _ in model.named_modules()}
-    absent = sorted(n for n in lora if n not in modules)
-    if absent:
-        raise AdapterFileError(
-            f"{path}: the adapter adapts module(s) this {type(model).__name__} does not have, "
-            f"e.g. {absent[:3]} (base: {document.get('base_model_name_or_path')!r})"
-        )
     saved_modules = sorted({k.rsplit(".", 1)[0] for k in extra})  # PEFT names them after the module
     unknown = [n for n in saved_modules if n not in modules]
     if unknown:
@@ -234,5 +235,4 @@ def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftA
         modules_to_save=saved_modules or None,
         use_rslora=rslora,
     )
-    about = {"base_model": document.get("base_model_name_or_path"), "model_type": "PEFT"}
     return PeftAdapter(config, ranks, scalings, ours, about)

@@ -1,6 +1,6 @@
 """Dynamic LoRA (arXiv 2501.14859) and Rank-1 Sum LoRA: importance, input statistics, the rank
 rule, resizing with a consistent optimizer, gates and pruning, and the controller that runs
-them beside a training loop (see shared/docs/METHOD.md sections 2-3)."""
+them beside a training loop (see docs/method.md)."""
 
 from typing import TYPE_CHECKING
 

@@ -1,4 +1,4 @@
-"""Configs for dynamic LoRA and Rank-1 Sum LoRA (see shared/docs/METHOD.md sections 2-3).
+"""Configs for dynamic LoRA and Rank-1 Sum LoRA (see docs/method.md).
 
 Both extend `LoraConfig`, so everything that builds plain LoRA (injection, saving, export)
 builds them too; the extra fields drive the `AllocationController` during training.
@@ -41,12 +41,12 @@ class DynamicLoraConfig(LoraConfig):
         changes little (the importance EMA it follows has a time constant of ~7 steps) and
         cuts the controller's per-step kernel launches by more than half, which is what
         counts on a GPU where small steps are launch-bound; weight_every=1 is the exact rule.
-        Deviation from METHOD.md's softmax(I / tau): the softmax acts on I / mean(I), because
+        Deviation from docs/method.md's softmax(I / tau): the softmax acts on I / mean(I), because
         raw importance has no fixed scale (it moves with the loss, the model and the learning
         rate, and is often orders of magnitude below 1, where any practical tau gives
         near-uniform weights), so tau means the same in every run.
     Ranks (2c): r_l ~ r * (1 + beta * v~_l) * w_l ** gamma, with w_l the smoothed weight the
-        layer actually uses (METHOD.md's L * alpha_l). gamma=0 is the paper-literal rule (rank
+        layer actually uses (docs/method.md's L * alpha_l). gamma=0 is the paper-literal rule (rank
         from input variance only); the default 1 lets importance move ranks too, otherwise it
         would only scale updates. Input variance is sampled every `stats_every` steps on at
         most `stats_max_tokens` tokens per layer. Ranks are clamped to [r_min, r_max] (r_max

@@ -149,7 +149,7 @@ class AllocationController:
 
     # -- the step ---------------------------------------------------------------------------
     def loss_terms(self) -> torch.Tensor:
-        """The regulariser of METHOD.md 2e (0-dim; exactly 0 when the lambdas are 0)."""
+        """The regulariser of docs/method.md, "Regularised objective" (0-dim; exactly 0 when the lambdas are 0)."""
         cfg = self.config
         return regulariser(list(self.adapters.values()), getattr(cfg, "lambda_a", 0.0),
                            getattr(cfg, "lambda_b", 0.0), getattr(cfg, "lambda_orth", 0.0))

@@ -1,4 +1,4 @@
-"""The allocation rule as pure functions (METHOD.md 2b-2c): weights, rank scores, budget.
+"""The allocation rule as pure functions (docs/method.md, "Allocation weights" and "Input-driven ranks"): weights, rank scores, budget.
 
     alpha = softmax(I / mean(I) / tau)  or  I / sum(I)        allocation_shares
     w     = L * alpha, clamped to [w_min, w_max], mean 1       clamp_to_mean_one

@@ -1,4 +1,4 @@
-"""Changing an adapter's rank in place, and keeping the optimizer consistent (METHOD.md 2d).
+"""Changing an adapter's rank in place, and keeping the optimizer consistent (docs/method.md, "Budgeted reallocation with resizing").
 
 Every resize is one linear change of the rank-1 components:
 

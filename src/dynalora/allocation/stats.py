@@ -1,4 +1,4 @@
-"""Running statistics of each adapted layer's input (METHOD.md 2c).
+"""Running statistics of each adapted layer's input (docs/method.md, "Input-driven ranks").
 
     v_l = mean over features j of Var over tokens (X_l[:, j])
 

@@ -74,7 +74,7 @@ def adapter_shapes(model: nn.Module) -> list[tuple[str, int, int, int]]:
 
 
 def adapter_budget(model: nn.Module) -> int | None:
-    """sum over adapted layers of r_l (d_l + k_l): METHOD.md's budget, with live ranks."""
+    """sum over adapted layers of r_l (d_l + k_l): the budget of docs/method.md, with live ranks."""
     shapes = adapter_shapes(model)
     return sum(r * (i + o) for _, r, i, o in shapes) if shapes else None
 

@@ -60,14 +60,10 @@ def chosen_command(argv: Sequence[str]) -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from dynalora.adapters import ConfigError, TargetError
-    from dynalora.data import DataError
-    from dynalora.files import AdapterFileError
-    from dynalora.llm.models import ModelLoadError
-    from dynalora.training.artifacts import MergeError
+    """What a user can fix: every dynalora.errors kind, and files that are not there."""
+    from dynalora.errors import DynaLoraError
 
-    return (DataError, ConfigError, AdapterFileError, TargetError, MergeError, ModelLoadError,
-            FileNotFoundError)
+    return (DynaLoraError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

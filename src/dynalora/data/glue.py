@@ -10,6 +10,7 @@ import numpy as np
 from dynalora.data.base import DataError, Example, RowProblems, rows_to_examples
 from dynalora.data.tables import delimited_file_rows
 from dynalora.data.tasks import TASKS, TaskSpec, get_task, normalize_name
+from dynalora.errors import MissingDependencyError
 
 DATA_DIR_ENV = "DYNALORA_DATA_DIR"
 HUB_DATASET = "nyu-mll/glue"  # the Hub id that "glue" redirects to
@@ -81,7 +82,7 @@ def load_from_hub(spec: TaskSpec, hub_split: str, file_name: str) -> list[Exampl
     try:
         from datasets import load_dataset
     except ImportError:
-        raise DataError("no data directory was given, and loading GLUE from the Hub needs the "
+        raise MissingDependencyError("no data directory was given, and loading GLUE from the Hub needs the "
                         f"`datasets` package (pip install 'dynalora[hub]'). {hint}") from None
     try:
         records = load_dataset(HUB_DATASET, spec.hub_name, split=hub_split)

@@ -127,7 +127,3 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
         if wanted in {normalize_name(n) for n in (spec.name, spec.dir_name, *spec.aliases)}:
             return spec
     raise DataError(f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}")
-
-
-def main_metric_name(task: str | TaskSpec) -> str:
-    return get_task(task).main_metric

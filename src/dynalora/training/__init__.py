@@ -14,7 +14,8 @@ _EXPORTS = {
     "evaluate": "dynalora.training.api", "load_trained": "dynalora.training.api", "train": "dynalora.training.api",
     "SequenceClassifier": "dynalora.training.classifier", "build_classifier": "dynalora.training.classifier",
     "TrainConfig": "dynalora.training.config",
-    "TrainingDiverged": "dynalora.training.loop",
+    "TrainingDiverged": "dynalora.training.loop", "TrainingLoop": "dynalora.training.loop",
+    "StepHook": "dynalora.training.hooks",
     **{name: "dynalora.training.methods" for name in ("METHODS", "Method", "Prepared", "get_method", "register_method")},
     "compute_metrics": "dynalora.training.metrics", "main_metric": "dynalora.training.metrics",
 }
@@ -24,7 +25,8 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from dynalora.training.api import evaluate, load_trained, train
     from dynalora.training.classifier import SequenceClassifier, build_classifier
     from dynalora.training.config import TrainConfig
-    from dynalora.training.loop import TrainingDiverged
+    from dynalora.training.hooks import StepHook
+    from dynalora.training.loop import TrainingDiverged, TrainingLoop
     from dynalora.training.methods import METHODS, Method, Prepared, get_method, register_method
     from dynalora.training.metrics import compute_metrics, main_metric
 
@@ -33,8 +35,10 @@ __all__ = [
     "Method",
     "Prepared",
     "SequenceClassifier",
+    "StepHook",
     "TrainConfig",
     "TrainingDiverged",
+    "TrainingLoop",
     "build_classifier",
     "compute_metrics",
     "evaluate",

@@ -11,7 +11,6 @@ The saved model is the best one by the task's main metric on the evaluation spli
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch
 from torch import nn
 
 from dynalora import __version__
-from dynalora.adapters.config import ConfigError
 from dynalora.data import (
     BucketBatcher,
     DataError,
@@ -30,22 +28,30 @@ from dynalora.data import (
     load_split,
     load_table,
 )
-from dynalora.files import AdapterFileError, read_json, write_json
+from dynalora.errors import RunFolderError
+from dynalora.files import read_json
 from dynalora.packaged import portable_name
-from dynalora.training.checkpoint import Checkpoint, latest_checkpoint
 from dynalora.training.classifier import build_classifier, default_model_path
 from dynalora.training.config import TrainConfig
 from dynalora.training.evaluation import CachedFeatures, predict
-from dynalora.training.loop import Trainer
 from dynalora.training.methods import get_method
 from dynalora.training.metrics import compute_metrics
+from dynalora.training.objective import ClassificationObjective
 from dynalora.training.optim import pick_device, pick_dtype, seed_everything, total_steps
-from dynalora.training.report import RunLog, plot_curves
+from dynalora.training.run import (  # noqa: F401  (RESUME_FREE etc.: also importable from here, as before)
+    RESUME_FREE,
+    RunSetup,
+    check_resumable,
+    count_parameters,
+    make_batches,
+    publish_report,
+    run_loop,
+    start_run_folder,
+    summary,
+)
 
 RUN_FILE = "dynalora_run.json"
 RUN_FORMAT = "dynalora-run"
-# Fields that may differ between a run and its resumption.
-RESUME_FREE = ("resume", "progress", "output")
 
 
 def load_tokenizer(model_path: str | Path) -> Any:
@@ -95,54 +101,24 @@ def run_metadata(config: TrainConfig, task: TaskSpec, model_path: Path, lr: floa
     }
 
 
-def check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path, also_free: tuple[str, ...] = ()) -> None:
-    """`also_free`: more fields (beyond RESUME_FREE) that may change between the run and its resume."""
-    current = config.to_dict()
-    changed = [k for k in current if k not in RESUME_FREE + also_free and saved.get(k) != current[k]]
-    if changed:
-        details = ", ".join(f"{k}={saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
-        raise ConfigError(f"resume: the checkpoint in {where} was written with other settings ({details}); "
-                          "use the same settings, or drop --resume to start over")
-
-
-def start_run_folder(config: Any, also_free: tuple[str, ...] = ()) -> Checkpoint | None:
-    """The checkpoint to resume from (`config.resume`), checked against `config`; or None, after
-    deleting any old checkpoints so a fresh run can never resume from stale state."""
-    root = Path(config.output) / "checkpoints"
-    checkpoint = latest_checkpoint(root) if config.resume else None
-    if checkpoint is not None:
-        check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free)
-    elif root.exists():
-        shutil.rmtree(root)
-    return checkpoint
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
 def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Fine-tune, write the run folder (see the module doc), return metrics.json's content.
 
-    `callbacks`: extra step hooks (see `dynalora.training.methods`), e.g. for logging; a hook
-    may also define `on_step_end(step)`, called after each step's evaluation and checkpoint.
+    `callbacks`: extra step hooks (dynalora.training.hooks), e.g. for logging; any object with
+    some of StepHook's methods (say, only `on_step_end(step)`) will do.
     """
     method = get_method(config.method)
     lr = config.lr or method.default_lr
     head_lr = config.head_lr or lr
-    out = Path(config.output)
     checkpoint = start_run_folder(config)
 
     seed_everything(config.seed)
     task, train_examples, dev_examples = load_data(config)
     model_path = Path(config.model) if config.model else default_model_path()
     tokenizer = load_tokenizer(model_path)
-    pad = tokenizer.pad_token_id or 0
-    train_batches: Any = BucketBatcher(encode(train_examples, tokenizer, config.max_length), config.batch_size,
-                                       shuffle=True, seed=config.seed, pad_token_id=pad)
-    eval_batches: Any = BucketBatcher(encode(dev_examples, tokenizer, config.max_length),
-                                      config.eval_batch_size, shuffle=False, pad_token_id=pad)
+    train_batches, eval_batches = make_batches(encode(train_examples, tokenizer, config.max_length),
+                                               encode(dev_examples, tokenizer, config.max_length), config,
+                                               tokenizer.pad_token_id or 0)
     device = pick_device(config.device)
     dtype = pick_dtype(config.precision, device)
 
@@ -155,35 +131,14 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
         train_batches = CachedFeatures(classifier, train_batches, device, dtype)
         eval_batches = CachedFeatures(classifier, eval_batches, device, dtype)
 
-    metadata = run_metadata(config, task, model_path, lr)
-
-    def save_best(record: dict[str, Any]) -> None:
-        prepared.save(out, metadata)
-        write_json(out / RUN_FILE, {"format": RUN_FORMAT, "version": 1, "metadata": metadata, "best": record})
-
-    trainer = Trainer(prepared, config, lr, head_lr, train_batches, eval_batches, task, out, device, dtype,
-                      save_best, callbacks or [])
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    log = RunLog(out / "log.jsonl", resume_step=trainer.state["step"] if checkpoint else None)
-    try:
-        best = trainer.run(log)
-    finally:
-        log.close()
-    trainable, total = count_parameters(prepared.model)
-    metrics = {
-        "task": task.name, "method": config.method, "split": "dev", "n_examples": best["n_examples"],
-        "best_step": best["step"], "best_epoch": best["epoch"], "metrics": best["metrics"],
-        "steps": trainer.state["step"], "total_steps": trainer.total_steps,
-        "stopped_early": trainer.state["stopped"], "train_wall_s": round(trainer.state["train_wall_s"], 2),
-        "trainable_params": trainable, "total_params": total, "lr": lr, "head_lr": head_lr,
-    }
-    write_json(out / "metrics.json", metrics)
-    plot_curves(log.records, out / "curves.png", task.main_metric,
-                title=f"{task.name}: {config.method} on {portable_name(model_path)}")
-    for hook in trainer.hooks:
-        if hasattr(hook, "write_report"):
-            hook.write_report(out)
+    # The head is read after `prepare`: a method may wrap it (PEFT's modules_to_save).
+    objective = ClassificationObjective(task, classifier.classifier)
+    setup = RunSetup(prepared, objective, train_batches, eval_batches, device, dtype, lr, head_lr, RUN_FILE,
+                     RUN_FORMAT, run_metadata(config, task, model_path, lr))
+    outcome = run_loop(config, setup, checkpoint, callbacks)
+    metrics = {"task": task.name, "method": config.method, "split": "dev", **summary(outcome), "head_lr": head_lr}
+    publish_report(config.output, metrics, outcome,
+                   title=f"{task.name}: {config.method} on {portable_name(model_path)}")
     return metrics
 
 
@@ -191,10 +146,12 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
 def read_run(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise AdapterFileError(f"run folder not found: {folder}")
-    document = read_json(folder / RUN_FILE, "trained run description")
-    if document.get("format") != RUN_FORMAT:
-        raise AdapterFileError(f"{folder / RUN_FILE}: not a dynalora run description")
+        raise RunFolderError(f"run folder not found: {folder}")
+    if not (folder / RUN_FILE).is_file():
+        raise RunFolderError(f"{folder}: no {RUN_FILE}; not a folder written by `dynalora train`")
+    document = read_json(folder / RUN_FILE, "trained run description", RunFolderError)
+    if not isinstance(document, dict) or document.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{folder / RUN_FILE}: not a dynalora run description")
     return document
 
 

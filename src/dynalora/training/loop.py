@@ -1,8 +1,10 @@
 """The one training loop: AdamW, warm-up + linear decay, accumulation, clipping, mixed
 precision, evaluation with best-model selection and early stopping, resumable checkpoints.
 
-One optimizer step follows DESIGN.md's protocol:
-    loss = task_loss + sum(hook.loss_terms())        per micro-batch, divided by the group size
+What is optimised and how a model is judged comes from an `Objective` (training/objective.py:
+classification here, the causal-LM response loss in llm/objective.py); methods and callers add
+step hooks (training/hooks.py). One optimizer step:
+    loss = objective.loss(batch) + sum(hook.loss_terms())   per micro-batch, / group size
     loss.backward(); clip; optimizer.step()
     hook.after_optimizer_step(step)                  grads still present (may resize adapters)
     scheduler.step(); optimizer.zero_grad()
@@ -15,24 +17,21 @@ and the optimizer, scheduler and hook states.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from dynalora.data import TaskSpec
 from dynalora.training.checkpoint import Checkpoint, load_model_state, save_checkpoint
-from dynalora.training.evaluation import model_inputs, predict
-from dynalora.training.methods import Prepared
-from dynalora.training.metrics import compute_metrics
+from dynalora.training.hooks import as_step_hook
+from dynalora.training.objective import Objective, score, task_loss
 from dynalora.training.optim import (
     autocast,
     linear_schedule,
@@ -42,47 +41,37 @@ from dynalora.training.optim import (
     steps_per_epoch,
     total_steps,
 )
+from dynalora.training.registry import Prepared
 from dynalora.training.report import RunLog
+
+__all__ = ["TrainingDiverged", "TrainingLoop", "score", "task_loss"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    if regression:
-        return F.mse_loss(logits.float().squeeze(-1), labels.float())
-    return F.cross_entropy(logits.float(), labels)
+class TrainingLoop:
+    """Runs `prepared.model` over `train_batches` towards `objective`; `save_best(record)` is
+    called on each new best evaluation. `callbacks`: extra step hooks (training/hooks.py)."""
 
-
-def score(metrics: dict[str, float]) -> float:
-    """The main metric for comparisons; NaN (undefined) counts as the worst value."""
-    value = metrics["main"]
-    return -math.inf if value is None or math.isnan(value) else value
-
-
-class Trainer:
-    """Runs `prepared.model` over `train_batches`; `save_best(record)` is called on each new best."""
-
-    def __init__(self, prepared: Prepared, config: Any, lr: float, head_lr: float, train_batches: Any,
-                 eval_batches: Any, task: TaskSpec, run_dir: Path, device: torch.device,
+    def __init__(self, prepared: Prepared, objective: Objective, config: Any, lr: float, head_lr: float,
+                 train_batches: Any, eval_batches: Any, run_dir: Path, device: torch.device,
                  dtype: torch.dtype | None, save_best: Callable[[dict[str, Any]], None],
                  callbacks: list[Any] = ()) -> None:
-        self.prepared, self.config, self.task = prepared, config, task
+        self.prepared, self.objective, self.config = prepared, objective, config
         self.model = prepared.model
         self.train_batches, self.eval_batches = train_batches, eval_batches
         self.run_dir, self.device, self.dtype = run_dir, device, dtype
         self.save_best = save_best
         self.steps_per_epoch = steps_per_epoch(len(train_batches), config.grad_accum)
         self.total_steps = total_steps(len(train_batches), config.grad_accum, config.epochs)
-        # A task without a separate head (e.g. a causal LM's SFT) trains everything at `lr`.
-        head = getattr(prepared.classifier, "classifier", None)
-        self.optimizer = AdamW(param_groups(self.model, head, lr, head_lr,
-                                            config.weight_decay), lr=lr)
+        # An objective without a separate head (a causal LM's SFT) trains everything at `lr`.
+        self.optimizer = AdamW(param_groups(self.model, objective.head, lr, head_lr, config.weight_decay), lr=lr)
         warmup = round(config.warmup_ratio * self.total_steps)
         self.scheduler = LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        self.hooks = [*prepared.make_hooks(self.optimizer, self.total_steps), *callbacks]
+        self.hooks = [as_step_hook(h) for h in (*prepared.make_hooks(self.optimizer, self.total_steps), *callbacks)]
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "best": None,
                                       "best_step": None, "bad_evals": 0, "stopped": False,
                                       "train_wall_s": 0.0}
@@ -99,7 +88,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+            "hooks": [h.state_dict() for h in self.hooks],
             "rng": rng_state(),
         }
         progress = {**self.state, "config": self.config.to_dict()}
@@ -110,7 +99,7 @@ class Trainer:
         """Load a checkpoint; hooks first, since a controller may resize adapters to saved ranks."""
         trainer = checkpoint.trainer
         for hook, state in zip(self.hooks, trainer["hooks"]):
-            if state is not None and hasattr(hook, "load_state_dict"):
+            if state is not None:
                 hook.load_state_dict(state)
         load_model_state(self.model, checkpoint.model, checkpoint.folder)
         self.optimizer.load_state_dict(trainer["optimizer"])
@@ -123,15 +112,14 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        logits, labels = predict(self.model, self.eval_batches, self.device, self.dtype)
-        metrics = compute_metrics(self.task, logits, labels)
+        metrics, n_examples = self.objective.evaluate(self.model, self.eval_batches, self.device, self.dtype)
         step = self.state["step"]
         return {"kind": "eval", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                "n_examples": len(labels), "metrics": metrics}
+                "n_examples": n_examples, "metrics": metrics}
 
     def after_eval(self, record: dict[str, Any]) -> None:
         best = self.state["best"]
-        if best is None or self.score(record["metrics"]) > self.score(best["metrics"]):
+        if best is None or self.objective.score(record["metrics"]) > self.objective.score(best["metrics"]):
             self.state.update(best=record, best_step=record["step"], bad_evals=0)
             self.save_best(record)
         else:
@@ -141,23 +129,13 @@ class Trainer:
                 self.state["stopped"] = True
 
     # -- training ---------------------------------------------------------------------------
-    # Subclasses with another objective (dynalora.llm.sft: causal-LM loss on response tokens,
-    # lower loss is better) override task_loss, evaluate and score; the loop stays the same.
-    def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(**model_inputs(batch, self.device))
-        return task_loss(logits, batch["labels"].to(self.device), self.task.is_regression)
-
-    def score(self, metrics: dict[str, float]) -> float:
-        return score(metrics)
-
     def micro_step(self, batch: dict[str, torch.Tensor], group: int) -> float:
         with autocast(self.device, self.dtype):
-            loss = self.task_loss(batch)
+            loss = self.objective.loss(self.model, batch, self.device)
             for hook in self.hooks:
-                if hasattr(hook, "loss_terms"):
-                    term = hook.loss_terms()
-                    if term is not None:
-                        loss = loss + term
+                term = hook.loss_terms()
+                if term is not None:
+                    loss = loss + term
         if not torch.isfinite(loss):
             self.diverged(f"the loss is {loss.item()}")
         loss = loss / group
@@ -179,8 +157,7 @@ class Trainer:
             self.optimizer.step()
         self.state["step"] += 1
         for hook in self.hooks:
-            if hasattr(hook, "after_optimizer_step"):
-                hook.after_optimizer_step(self.state["step"])
+            hook.after_optimizer_step(self.state["step"])
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -204,7 +181,7 @@ class Trainer:
         config, state = self.config, self.state
         n_batches = len(self.train_batches)
         bar = tqdm(total=self.total_steps, initial=state["step"], disable=not config.progress,
-                   desc=f"{config.method} {self.task.name}", unit="step", dynamic_ncols=True)
+                   desc=f"{config.method} {self.objective.name}", unit="step", dynamic_ncols=True)
         started = time.perf_counter() - state["train_wall_s"]
         self.model.train()
         try:
@@ -243,16 +220,25 @@ class Trainer:
                         log.write(record)
                         self.after_eval(record)
                         # stderr, like the bar: stdout is left to the command's result (JSON)
-                        bar.write(f"step {step}: dev {self.task.main_metric} = {record['metrics']['main']:.4f}",
+                        bar.write(f"step {step}: dev {self.objective.main_metric} = {record['metrics']['main']:.4f}",
                                   file=sys.stderr)
                         started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
                     if saving:
                         self.checkpoint()
                     for hook in self.hooks:
-                        if hasattr(hook, "on_step_end"):
-                            hook.on_step_end(step)
+                        hook.on_step_end(step)
                     if state["stopped"]:
                         break
         finally:
             bar.close()
         return state["best"]
+
+
+
+def __getattr__(name: str) -> Any:
+    # `Trainer`, the loop's old name, read as transformers' Trainer; it still imports.
+    if name == "Trainer":
+        warnings.warn("dynalora.training.loop.Trainer is renamed TrainingLoop (it takes an Objective)",
+                      DeprecationWarning, stacklevel=2)
+        return TrainingLoop
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,21 +1,11 @@
-"""What trains: the method registry (lora, dynamic, rank1, full, head, adapter, bitfit, ...).
+"""The built-in training methods (lora, dynamic, rank1, full, head, adapter, bitfit) and
+the lookup of every registered one (PEFT's peft-lora and peft-adalora register from
+dynalora.training.peft_methods, imported here).
 
-A method takes the freshly built classifier and returns a `Prepared`: the model the loop
-calls, which parameters train, optional step hooks, and how to save what was trained.
-`load` rebuilds a trained model from a saved run folder for evaluation.
-
-Step hooks follow DESIGN.md's protocol; every method is optional:
-    hook.loss_terms() -> Tensor          added to the task loss (regularisers)
-    hook.after_optimizer_step(step)      after optimizer.step(), grads still present
-    hook.state_dict() / load_state_dict  saved in checkpoints; loaded BEFORE model and
-                                         optimizer state (a controller may resize adapters)
-    hook.write_report(folder)            called once when training ends (plots, JSON)
-Hooks are made by `Prepared.make_hooks(optimizer, total_steps)` once the optimizer exists.
-
-Adding a method is one function and one `register_method` call, e.g. PEFT's AdaLoRA:
-    class AdaLoraHook:
-        def __init__(self, peft_model): self.peft_model = peft_model
-        def after_optimizer_step(self, step): self.peft_model.base_model.update_and_allocate(step)
+A method takes the freshly built model and returns a `Prepared` (training/registry.py): the
+model the loop calls, which parameters train, optional step hooks (training/hooks.py), and
+how to save what was trained. `load` rebuilds a trained model from a saved run folder.
+Adding a method is one prepare function, one load function and one `register_method` call.
 """
 
 from __future__ import annotations
@@ -32,6 +22,7 @@ from dynalora.errors import AdapterFileError, ConfigError
 from dynalora.files import load_tensors, save_tensors
 from dynalora.training import peft_methods  # noqa: F401  registers peft-lora and peft-adalora
 from dynalora.training.classifier import SequenceClassifier
+from dynalora.training.hooks import StepHook
 from dynalora.training.registry import (
     HEAD_MODULE,
     METHODS,
@@ -75,7 +66,7 @@ def prepare_lora(classifier: SequenceClassifier, config: Any, total_steps: int) 
     return _lora_prepared(classifier, lora_config_for(config))
 
 
-class AllocationHook:
+class AllocationHook(StepHook):
     """The allocation controller as a step hook, plus its report files at the end."""
 
     def __init__(self, controller: Any) -> None:
