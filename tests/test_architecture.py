@@ -116,6 +116,28 @@ def test_no_import_cycles_in_the_package():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The package's layers, lowest first: a module may import its own layer and those below it,
+# never one above (a new top-level module or folder gets a place here).
+LAYERS = [
+    {"errors"}, {"files"}, {"adapters"}, {"allocation", "baselines", "data"}, {"training"},
+    {"llm", "analysis"}, {"bench"}, {"cli", "__main__"}, {"dynalora"},
+]
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else module
+    for level, names in enumerate(LAYERS):
+        if part in names:
+            return level
+    raise AssertionError(f"{module}: {part!r} has no place in LAYERS (tests/test_architecture.py); add it")
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                    if layer_of(b) > layer_of(a))
+    assert not upward, "upward imports: " + "; ".join(upward)
+
+
 def test_no_module_is_over_the_size_limit():
     sizes = {str(p.relative_to(PACKAGE_ROOT)): len(p.read_text().splitlines()) for p in PACKAGE_ROOT.rglob("*.py")}
     long = {name: n for name, n in sizes.items() if n > MAX_LINES and name not in KNOWN_LONG}

@@ -20,6 +20,7 @@ from dynalora.data import (
     load_split,
     load_table,
 )
+from dynalora.errors import MissingDependencyError
 
 # (task, split, official row count, label counts by class index; None for STS-B)
 OFFICIAL = [
@@ -302,9 +303,9 @@ def test_hub_failure_gives_one_clear_error(monkeypatch):
     assert "ConnectionError: offline" in message and "second line" not in message
 
 
-def test_hub_missing_package_gives_the_same_error(monkeypatch):
+def test_hub_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import now raises ImportError
-    with pytest.raises(DataError, match=r"needs the `datasets` package.*--data-dir.*<data-dir>/SST-2/train.tsv"):
+    with pytest.raises(MissingDependencyError, match=r"needs the `datasets` package.*--data-dir.*<data-dir>/SST-2/train.tsv"):
         load_split("sst2", "train")
 
 
