@@ -130,6 +130,15 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+WALL_CLOCK = ("time", "tokens_per_s")  # log.jsonl fields that differ between identical runs
+
+
+def without_clock(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """log.jsonl records without their wall-clock fields; they must be there in training records."""
+    assert all(set(WALL_CLOCK) <= set(r) for r in records if r["kind"] == "train")
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
+
+
 def without_wall_time(metrics: dict[str, Any]) -> dict[str, Any]:
     """metrics.json without the one field that differs between identical runs."""
     return {k: v for k, v in metrics.items() if k != "train_wall_s"}

@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 from dynalora.errors import ConfigError
 
 CONFIG_CLASSES: dict[str, type[LoraConfig]] = {}
+# PEFT's argument names that mean the same as ours (LoraConfig(lora_alpha=16) is alpha=16).
+PEFT_ALIASES = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
+TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "CAUSAL_LM", "SEQ_2_SEQ_LM", "FEATURE_EXTRACTION")
 
 # Default targets per architecture (the attention query and value projections, as in the
 # LoRA paper), used when `target_modules` is not given.
@@ -68,6 +71,10 @@ class LoraConfig:
         classification head), matched like target_modules.
     rank_pattern / alpha_pattern: per-layer overrides; as in PEFT, a key is a regex matched
         against the full module name or a dotted suffix of it.
+    task_type: as in PEFT, "SEQ_CLS" / "TOKEN_CLS" also train the task head (`classifier` or
+        `score`), "QUESTION_ANS" trains `qa_outputs`; "CAUSAL_LM" and the others add nothing.
+    lora_alpha / lora_dropout: PEFT's names for alpha / dropout, accepted so PEFT code runs
+        unchanged; they are folded into alpha / dropout and never saved.
     """
 
     method: ClassVar[str] = "lora"
@@ -83,12 +90,25 @@ class LoraConfig:
     gating: str = "none"
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    task_type: str | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         CONFIG_CLASSES[cls.method] = cls
 
     def __post_init__(self) -> None:
+        for alias, name in PEFT_ALIASES.items():
+            value = getattr(self, alias)
+            if value is not None:
+                default = type(self).__dataclass_fields__[name].default
+                check(getattr(self, name) in (default, value), alias, f"contradicts {name}={getattr(self, name)!r}; "
+                      "give one of the two", value)
+                setattr(self, name, value)
+                setattr(self, alias, None)
+        check(self.task_type is None or self.task_type in TASK_TYPES, "task_type", f"must be one of {TASK_TYPES}",
+              self.task_type)
         check(is_int(self.r) and self.r > 0, "r", "must be a positive integer", self.r)
         check(is_number(self.alpha) and self.alpha > 0, "alpha", "must be a number > 0", self.alpha)
         check(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "must be a number in [0, 1)", self.dropout)
@@ -118,7 +138,8 @@ class LoraConfig:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in PEFT_ALIASES}
+        return {"method": self.method, **values}
 
     def replace(self, **changes: Any) -> LoraConfig:
         return dataclasses.replace(self, **changes)
@@ -133,7 +154,7 @@ RUN_SETTINGS = ("r", "alpha", "dropout", "target_modules", "modules_to_save")
 
 def method_option_names(cls: type[LoraConfig]) -> list[str]:
     """The fields of adapter config `cls` a run may set through `method_options`."""
-    return [f.name for f in dataclasses.fields(cls) if f.name not in RUN_SETTINGS]
+    return [f.name for f in dataclasses.fields(cls) if f.name not in (*RUN_SETTINGS, *PEFT_ALIASES, "task_type")]
 
 
 def config_from_dict(data: dict[str, Any]) -> LoraConfig:

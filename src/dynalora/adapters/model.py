@@ -39,12 +39,14 @@ from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: t
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
 from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row
+from dynalora.adapters.model_compat import TransformersCompat, task_heads, warn_if_head_frozen
 from dynalora.adapters.peft_format import export_peft, import_peft
 from dynalora.errors import AdapterFileError
 
 
-class DynaLoraModel(nn.Module):
-    """A transformers model with LoRA adapters injected; calls pass through to the model."""
+class DynaLoraModel(TransformersCompat):
+    """A transformers model with LoRA adapters injected; calls pass through to the model
+    (`forward` shows the model's own signature; see model_compat for what Trainer relies on)."""
 
     def __init__(self, model: nn.Module, config: LoraConfig, adapter_name: str = "default",
                  ranks: dict[str, int] | None = None, scalings: dict[str, float] | None = None) -> None:
@@ -56,9 +58,6 @@ class DynaLoraModel(nn.Module):
         self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
 
     # -- passing through --------------------------------------------------------------------
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -74,7 +73,9 @@ class DynaLoraModel(nn.Module):
         if name in self.configs:
             raise ValueError(f"an adapter named {name!r} already exists")
         self.require_unmerged("adding an adapter")
-        saved = resolve_modules_to_save(self.base_model, config.modules_to_save)  # checked first
+        wanted = [*(config.modules_to_save or []), *task_heads(self.base_model, config.task_type)]
+        saved = resolve_modules_to_save(self.base_model, wanted or None)  # checked first
+        warn_if_head_frozen(self.base_model, [*self.modules_to_save, *saved])
         inject_adapters(self.base_model, config, name, ranks=ranks, scalings=scalings)
         self.configs[name] = config
         self.modules_to_save = sorted(set(self.modules_to_save) | set(saved))

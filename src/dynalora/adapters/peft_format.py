@@ -27,6 +27,7 @@ from dynalora.adapters.adapter_file import check_layers_exist
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import pattern_value
 from dynalora.adapters.layer import LoraAdapter
+from dynalora.adapters.model_compat import task_heads
 from dynalora.files import (
     AdapterFileError,
     atomic_dir,
@@ -48,13 +49,6 @@ TASK_TYPES = {
     "ForTokenClassification": "TOKEN_CLS",
     "ForQuestionAnswering": "QUESTION_ANS",
     "LMHeadModel": "CAUSAL_LM",  # GPT-2 style names
-}
-
-
-AUTO_SAVED_HEADS = {
-    "SEQ_CLS": ("classifier", "score"),
-    "TOKEN_CLS": ("classifier", "score"),
-    "QUESTION_ANS": ("qa_outputs",),
 }
 
 
@@ -151,9 +145,7 @@ def modules_peft_saves(base_model: nn.Module, modules_to_save: list[str]) -> lis
     modules_to_save themselves and then expect their weights in the file, even when we never
     trained the head; so the head we run with goes into the file in any case.
     """
-    heads = AUTO_SAVED_HEADS.get(task_type_of(base_model), ())
-    found = [n for n, _ in base_model.named_modules() if n and n.split(".")[-1] in heads]
-    names = set(modules_to_save) | set(found)
+    names = set(modules_to_save) | set(task_heads(base_model, task_type_of(base_model)))
     return sorted(n for n in names if not any(n.startswith(m + ".") for m in names))
 
 

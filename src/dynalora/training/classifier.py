@@ -17,30 +17,30 @@ import torch
 from torch import nn
 
 from dynalora.errors import MissingDependencyError
+from dynalora.packaged import MINILM_HUB_ID, minilm_folder
+from dynalora.quiet import quiet_loading
 
 
 def load_backbone(path: str | Path, backbone_dropout: float | None = None) -> nn.Module:
     """`AutoModel.from_pretrained(path)` with a clear error for a missing or odd folder."""
     from transformers import AutoConfig, AutoModel
-    from transformers.utils import logging as hf_logging
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"base model not found: {path} has no config.json")
-    config = AutoConfig.from_pretrained(path)
+    source, local = str(path), Path(path)
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"base model not found: {local} has no config.json")
+    if not local.exists() and (local.is_absolute() or source.startswith(".")):
+        raise FileNotFoundError(f"base model not found: {local} does not exist")
+    try:  # a local folder, or a Hub id transformers fetches (or finds in its cache)
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"base model {source!r} is not a local folder and could not be fetched from "
+                                f"the Hub ({str(err).splitlines()[0]}); pass a local model folder") from None
     if backbone_dropout is not None:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, name):
                 setattr(config, name, backbone_dropout)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # "weights newly initialized" notes are expected here
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModel.from_pretrained(path, config=config)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_loading():  # "weights newly initialized" notes are expected here
+        return AutoModel.from_pretrained(source, config=config)
 
 
 class SequenceClassifier(nn.Module):
@@ -96,6 +96,17 @@ def build_classifier(model_path: str | Path, num_labels: int, pooling: str = "me
     model = SequenceClassifier(backbone, num_labels, pooling, head_dropout)
     model.name_or_path = str(model_path)
     return model
+
+
+def resolve_model(name: str | Path | None) -> str:
+    """What to load for `--model`: None is the packaged MiniLM; the Hub id of the packaged
+    MiniLM is the same model, so it loads from the package (no download, works offline); a
+    local folder or any other Hub id is passed on as given."""
+    if name is None or str(name) == "":
+        return str(default_model_path())
+    if str(name) == MINILM_HUB_ID and minilm_folder() is not None:
+        return str(minilm_folder())
+    return str(name)
 
 
 def default_model_path() -> Path:

@@ -32,8 +32,9 @@ class TrainConfig(RunConfig):
 
     method: str = override("method", "lora", "what trains: lora, dynamic, rank1, full, head, adapter, bitfit, "
                                               "peft-lora, peft-adalora")
-    model: str | None = override("model", None, "base model folder (a Hugging Face BERT-style encoder); "
-                                                "default: the packaged MiniLM")
+    model: str | None = override("model", None, "base encoder (BERT-style): a local folder or a Hub id "
+                                                "(sentence-transformers/all-MiniLM-L6-v2 loads from the packaged "
+                                                "copy, offline); default: the packaged MiniLM")
     task: str = setting("mrpc", "GLUE task (sst2, mrpc, rte, cola, stsb, qnli, ...) or a name for your own data")
     data_dir: str | None = setting(None, "folder holding the GLUE task folders (e.g. ../shared/data/glue)")
     head_lr: float | None = setting(None, "learning rate of the classification head; default: same as lr", above=0)

@@ -17,10 +17,12 @@ and the optimizer, scheduler and hook states.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,15 @@ from dynalora.training.optim import (
 )
 from dynalora.training.registry import Prepared
 from dynalora.training.report import RunLog
+from dynalora.training.tracking import show_bar
 
-__all__ = ["TrainingDiverged", "TrainingLoop", "score", "task_loss"]
+__all__ = ["TrainingDiverged", "TrainingLoop", "batch_tokens", "score", "task_loss"]
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real (unpadded) tokens in a batch; 0 for batches of cached features."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else 0
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,14 +151,15 @@ class TrainingLoop:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self) -> float:
+        """One optimizer step; returns the gradient norm before clipping (for the log)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        if self.config.max_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-            if self.scaler is None and not torch.isfinite(norm):
-                self.diverged(f"the gradient norm is {norm.item()}")
+        # max_norm=inf measures the norm without clipping when clipping is off
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or math.inf)
+        if self.config.max_grad_norm is not None and self.scaler is None and not torch.isfinite(norm):
+            self.diverged(f"the gradient norm is {norm.item()}")
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -160,6 +170,7 @@ class TrainingLoop:
             hook.after_optimizer_step(self.state["step"])
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
 
     def check_weights(self) -> None:
         """Refuse to evaluate or save weights that a step made NaN/inf (its loss was still finite)."""
@@ -180,7 +191,7 @@ class TrainingLoop:
         """Train to the end (or early stop); returns the best evaluation record."""
         config, state = self.config, self.state
         n_batches = len(self.train_batches)
-        bar = tqdm(total=self.total_steps, initial=state["step"], disable=not config.progress,
+        bar = tqdm(total=self.total_steps, initial=state["step"], disable=not show_bar(config),
                    desc=f"{config.method} {self.objective.name}", unit="step", dynamic_ncols=True)
         started = time.perf_counter() - state["train_wall_s"]
         self.model.train()
@@ -198,16 +209,22 @@ class TrainingLoop:
                     self.pending_rng = None
                 while state["position"] < n_batches and state["step"] < self.total_steps:
                     group = min(config.grad_accum, n_batches - state["position"])
-                    loss = 0.0
+                    loss, tokens, step_start = 0.0, 0, time.perf_counter()
                     for _ in range(group):
-                        loss += self.micro_step(next(batches), group)
+                        batch = next(batches)
+                        tokens += batch_tokens(batch)
+                        loss += self.micro_step(batch, group)
                         state["position"] += 1
                     lr = self.scheduler.get_last_lr()[0]  # this step's lr; optimizer_step moves the schedule on
-                    self.optimizer_step()
+                    grad_norm = self.optimizer_step()
                     step = state["step"]
-                    state["train_wall_s"] = time.perf_counter() - started
+                    now = time.perf_counter()
+                    state["train_wall_s"] = now - started
+                    # time and tokens_per_s are wall-clock facts; the rest is identical across reruns
                     log.write({"kind": "train", "step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                               "loss": loss, "lr": lr})
+                               "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "tokens_per_s": round(tokens / max(now - step_start, 1e-9), 1),
+                               "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                     due = (step % config.eval_every == 0) if config.eval_every else state["position"] == n_batches

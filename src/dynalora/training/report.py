@@ -20,10 +20,15 @@ def _clean(value: Any) -> Any:
 
 
 class RunLog:
-    """Appends records to `log.jsonl`; on resume, drops what came after the checkpoint."""
+    """Appends records to `log.jsonl`; on resume, drops what came after the checkpoint.
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    `sinks` (dynalora.training.tracking: progress lines, TensorBoard, W&B, MLflow) receive each
+    new record too, and are closed with the log.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None, sinks: list[Any] | None = None) -> None:
         self.path = path
+        self.sinks = list(sinks or [])
         self.records: list[dict[str, Any]] = []
         if resume_step is not None and path.is_file():
             kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -37,9 +42,13 @@ class RunLog:
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        for sink in self.sinks:
+            sink.write(record)
 
     def close(self) -> None:
         self._file.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 # How the evaluation metrics read on an axis (the keys are those of compute_metrics and SFT).

@@ -29,9 +29,10 @@ from dynalora.training.loop import TrainingLoop
 from dynalora.training.objective import Objective
 from dynalora.training.registry import Prepared
 from dynalora.training.report import RunLog, plot_curves
+from dynalora.training.tracking import make_sinks, show_bar
 
 # Fields that may differ between a run and its resumption.
-RESUME_FREE = ("resume", "progress", "output")
+RESUME_FREE = ("resume", "progress", "output", "logging_steps", "report_to")
 
 
 def check_resumable(config: Any, saved: dict[str, Any], where: Path, also_free: tuple[str, ...] = ()) -> None:
@@ -110,7 +111,8 @@ def run_loop(config: Any, setup: RunSetup, checkpoint: Checkpoint | None, callba
                         setup.eval_batches, out, setup.device, setup.dtype, save_best, callbacks or [])
     if checkpoint is not None:
         loop.restore(checkpoint)
-    log = RunLog(out / "log.jsonl", resume_step=loop.state["step"] if checkpoint else None)
+    log = RunLog(out / "log.jsonl", resume_step=loop.state["step"] if checkpoint else None,
+                 sinks=make_sinks(config, out, loop.total_steps, show_bar(config)))
     try:
         if checkpoint is None and before_first_step is not None:
             before_first_step(loop, log)

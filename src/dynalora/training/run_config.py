@@ -28,7 +28,45 @@ from dynalora.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")  # dynalora.training.tracking
 R = TypeVar("R", bound="RunConfig")
+
+# The names users bring from transformers' TrainingArguments, PEFT and LLaMA-Factory, for the
+# same settings as our fields: accepted in YAML files and as flags (`--learning_rate` or
+# `--learning-rate`), mapped here and nowhere else. An alias may name a field only some
+# run configs have (max_seq_length: SFT's and classification's max_length alike).
+ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lora_r": "rank",
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "output_dir": "output",
+    "model_name_or_path": "model",
+    "max_seq_length": "max_length",
+    "cutoff_len": "max_length",
+    "eval_steps": "eval_every",
+    "save_steps": "checkpoint_every",
+    "max_samples": "max_train_samples",
+    "dataset_dir": "data_dir",
+}
+
+
+def resolve_aliases(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with alias keys renamed to our field names; an alias and its field both given
+    with different values is an error naming both."""
+    resolved: dict[str, Any] = {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        if name in resolved and resolved[name] != value:
+            raise ConfigError(f"{source}: {key}={value!r} and {name}={resolved[name]!r} set the same thing; "
+                              "give one of them")
+        resolved[name] = value
+    return resolved
 
 
 def setting(default: Any, help: str, **bounds: Any) -> Any:
@@ -168,7 +206,12 @@ class RunConfig:
     checkpoint_every: int | None = setting(None, "also write a resumable checkpoint every N optimizer steps",
                                            positive=True, optional=True)
     resume: bool = setting(False, "continue the run in --output from its last checkpoint")
-    progress: bool = setting(True, "show a progress bar")
+    progress: bool = setting(True, "show a progress bar (on a terminal; elsewhere one line per --logging-steps)")
+    logging_steps: int = setting(20, "without the progress bar (output not a terminal, or --no-progress), print "
+                                     "a one-line training record every N optimizer steps", positive=True)
+    report_to: str = setting("none", "also send the log to a tracker: tensorboard (<output>/runs), wandb "
+                                     "(offline unless WANDB_MODE says otherwise) or mlflow (<output>/mlruns "
+                                     "unless MLFLOW_TRACKING_URI is set)", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -189,6 +232,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any], source: str = "config") -> R:
+        data = resolve_aliases(data, source)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -199,7 +243,7 @@ class RunConfig:
     def from_yaml(cls: type[R], path: str | Path, **overrides: Any) -> R:
         """Fields from a YAML mapping, then `overrides` (e.g. the CLI flags) on top;
         `method_options` merge key by key."""
-        data = read_yaml(path)
+        data = resolve_aliases(read_yaml(path), str(path))
         if isinstance(overrides.get("method_options"), dict) and isinstance(data.get("method_options"), dict):
             overrides["method_options"] = {**data["method_options"], **overrides["method_options"]}
         return cls.from_dict({**data, **overrides}, source=str(path))
