@@ -1,6 +1,6 @@
-"""Loading a model without third-party progress bars and notes in our output.
+"""Loading (or saving) a model without third-party progress bars and notes in our output.
 
-transformers prints a progress bar per checkpoint shard, a load report of newly initialised
+transformers prints progress bars for loading and writing checkpoint shards, a load report of newly initialised
 weights (expected: our heads are new) and, for GGUF files, a bar of its own that no
 transformers switch reaches. Inside `quiet_loading()` none of them print; what they would
 have said about real problems still raises as an exception.

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from dynalora.quiet import quiet_loading
 from dynalora.training import modeling_pooled
 from dynalora.training.modeling_pooled import PooledClassifier, PooledClassifierConfig
 
@@ -70,6 +71,7 @@ def standard_classifier(classifier: nn.Module, metadata: dict[str, Any]) -> nn.M
 
 def save_standard(model: nn.Module, folder: Path) -> None:
     """`save_pretrained` into `folder`, plus the modelling file our own class needs."""
-    model.save_pretrained(folder)
+    with quiet_loading():  # no "Writing model shards" bar in our output
+        model.save_pretrained(folder)
     if isinstance(model, PooledClassifier):
         shutil.copyfile(modeling_pooled.__file__, folder / MODELING_FILE)
