@@ -182,7 +182,7 @@ def one_line_error(code: int, stderr: str) -> str:
 @pytest.mark.parametrize(("argv", "says"), [
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["--rank", "0"], "rank=0: must be a positive integer"),
-    (["--epochs", "abc"], "argument --epochs: invalid float value: 'abc'"),
+    (["--epochs", "abc"], "argument --epochs/--num_train_epochs/--num-train-epochs: invalid float value: 'abc'"),
     (["--lr", "-1"], "lr=-1.0: must be > 0"),
     (["--method", "lorax"], "method='lorax'"),
     (["--method-options", "foo=1"], "['foo'] not option(s) of method 'lora'; its options: exclude_modules, use_rslora"),
@@ -230,9 +230,9 @@ def test_config_file_values_are_used_and_flags_override_them(capsys, tmp_path: P
     adapter = json.loads((tmp_path / "run" / "dynalora_config.json").read_text())
     assert {layer["r"] for layer in adapter["layers"].values()} == {2}
     assert all(layer["scaling"] == pytest.approx(8 / 2**0.5) for layer in adapter["layers"].values())  # rsLoRA
-    config.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    config.write_text("epochs: 1\nlearning_rte: 0.1\n")
     code, _, stderr = run_cli(capsys, *flags, "--config", config)
-    assert "unknown field(s) ['learning_rate']" in one_line_error(code, stderr)
+    assert "unknown field(s) ['learning_rte']" in one_line_error(code, stderr)
 
 
 def test_resumed_cli_run_keeps_its_tensors(capsys, tmp_path: Path, tiny_model_dir: Path, tiny_glue_dir: Path) -> None:

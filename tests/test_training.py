@@ -283,8 +283,8 @@ def test_config_errors_name_the_field(settings: dict, named: str) -> None:
 
 def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("task: sst2\nlearning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['learning_rate'\]"):
+    path.write_text("task: sst2\nlearning_rte: 0.1\n")  # a typo (learning_rate itself is an alias of lr)
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['learning_rte'\]"):
         TrainConfig.from_yaml(path)
     path.write_text("task: sst2\nmax-length: 64\n")  # written as the flag: accepted
     assert TrainConfig.from_yaml(path, rank=4).max_length == 64
