@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,11 +20,13 @@ def test_top_level_help_loads_neither_torch_nor_transformers() -> None:
             "    except SystemExit: pass\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'matplotlib') if m in sys.modules)\n"
             "print(heavy, 'predict' in out.getvalue())\n")
-    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.stdout.strip() == "[] True", result.stdout + result.stderr
-    assert elapsed < 2.0, f"dynalora --help took {elapsed:.1f} s"
+    # CPU seconds, not wall-clock: the shared test machine may be loaded (measured: ~0.5 s alone)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 2.0, f"dynalora --help took {cpu:.1f} s of CPU"
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
