@@ -31,7 +31,7 @@ def write_jsonl(path, rows):
 def config(data, out, **kw) -> SftConfig:
     settings = {"data": str(data), "eval_data": str(data), "output": str(out), "model": "tiny",
                 "max_length": 48, "batch_size": 4, "lr": 5e-3, "progress": False, "dropout": 0.0,
-                "warmup_ratio": 0.0, "max_new_tokens": NEW_TOKENS, **kw}
+                "warmup_ratio": 0.0, "max_new_tokens": NEW_TOKENS, "generation_samples": 0, **kw}
     return SftConfig(**settings)
 
 
@@ -139,3 +139,34 @@ def test_rank_grid_orders_layers_by_number_and_averages_columns():
     assert lines[0] == "| layer | q_proj | v_proj |"
     assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {i}" for i in range(12)] + ["| mean"]
     assert lines[2 + 10] == "| 10 | 2 | 6 |" and lines[-1] == "| mean | 5.0 | 5.0 |"
+
+
+def test_generation_is_judged_before_and_after_and_the_baseline_can_be_reused(tmp_path, monkeypatch):
+    data, out = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_STYLE), tmp_path / "run"
+    metrics = train_sft(config(data, out, generation_samples=10), model=tiny_llama(), tokenizer=tiny_chat_tokenizer())
+    samples = read_samples(out)
+    assert len(samples) == 10 and metrics["exact_match"]["n"] == 10
+    judged = metrics["generation"]
+    for side in ("before", "after"):
+        assert judged[side]["n"] == 10
+        assert judged[side]["looping"] == sum(s[f"{side}_loops"] for s in samples) / 10
+        assert judged[side]["stopped"] == sum(s[f"{side}_stop"] != "length" for s in samples) / 10
+        assert judged[side]["exact_match"] == metrics["exact_match"][side]
+    assert judged["settings"]["max_new_tokens"] == NEW_TOKENS
+    assert "answers that loop, n=10" in (out / "report.md").read_text()
+
+    # a second run reuses the base model's answers instead of generating them again
+    calls = []
+    from dynalora.llm import report
+
+    real = report.generate_many
+    monkeypatch.setattr("dynalora.llm.report.generate_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = train_sft(config(data, tmp_path / "again", generation_samples=10, baseline_samples=str(out / "samples.jsonl")),
+                      model=tiny_llama(), tokenizer=tiny_chat_tokenizer())
+    assert len(calls) == 1  # only the "after" side was generated
+    assert [s["before"] for s in read_samples(tmp_path / "again")] == [s["before"] for s in samples]
+    assert again["generation"]["before"] == judged["before"]
+    with pytest.raises(ValueError, match="same held-out prompts"):
+        train_sft(config(data, tmp_path / "other", generation_samples=10, seed=3,
+                         baseline_samples=str(out / "samples.jsonl"), eval_data=None),
+                  model=tiny_llama(), tokenizer=tiny_chat_tokenizer())

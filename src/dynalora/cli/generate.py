@@ -28,6 +28,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="sample at this temperature (default: greedy decoding)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
+    parser.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
+                        help="divide the scores of tokens already in the text by X (> 1 discourages loops)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                        help="never repeat an n-gram of N tokens")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="end the answer after this string (repeat for several)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
     parser.set_defaults(func=run)
@@ -37,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dynalora.adapters.config import ConfigError
-    from dynalora.llm.generate import generate
+    from dynalora.llm.generate import GenerationSettings, generate
     from dynalora.llm.models import load_causal_lm, load_with_adapters
 
+    # bad generation values are one-line errors before any model loads
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty,
+                                  args.no_repeat_ngram_size, args.stop)
     if args.no_adapter == bool(args.adapter):
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
     if args.weights is not None and len(args.weights) != len(args.adapter):
@@ -49,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, tokenizer = load_with_adapters(args.adapter, args.weights, args.model)
     torch.manual_seed(args.seed)
-    text = generate(model, tokenizer, args.prompt, args.max_new_tokens, stream=not args.no_stream,
-                    temperature=args.temperature, top_p=args.top_p)
+    text = generate(model, tokenizer, args.prompt, stream=not args.no_stream, settings=settings)
     if args.no_stream:
         print(text)
     else:

@@ -1,4 +1,4 @@
-"""Instruction-tuning (SFT) data: prompt/response records, chat formatting, response-only labels.
+"""Instruction-tuning (SFT) data: prompt/response or multi-turn records, response-only labels.
 
     records = load_sft_records("gsm8k/train.jsonl")             # preset detected: gsm8k
     features, report = encode_sft(records, tokenizer, max_length=256)
@@ -7,7 +7,14 @@
 Each feature holds `input_ids`, `attention_mask` and `labels`, with labels -100 on the prompt
 (and, once batched, on padding), so the loss counts the response tokens only. The prompt is
 formatted with the tokenizer's chat template when it has one (user turn = prompt, assistant
-turn = response), else with a plain "### Instruction / ### Response" template.
+turn = response), else with a plain "### Instruction / ### Response" template; generation
+renders prompts with the same code (`dynalora.data.chat`).
+
+Records come as prompt/response fields (presets gsm8k, alpaca, generic) or as conversations:
+`{"messages": [{"role": "user", "content": ...}, ...]}` (OpenAI style) or ShareGPT's
+`{"conversations": [{"from": "human", "value": ...}, ...]}`; every assistant turn trains.
+GSM8K's calculator annotations (`<<48/2=24>>`) can be stripped from responses
+(`strip_calculator`): they are tool calls for a calculator the model never gets at generation.
 
 Truncation is never silent: `SftEncodeReport` counts the truncated records and the ones dropped
 because none of their response survived, and `encode_sft` warns about both.
@@ -15,6 +22,7 @@ because none of their response survived, and `encode_sft` warns about both.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.data.base import DataError, DataWarning, RowProblems
+from dynalora.data.chat import (
+    PLAIN_PROMPT,
+    Message,
+    assistant_spans,
+    check_messages,
+    has_chat_template,
+    prompt_ids,
+    render,
+    tokenize,
+)
 from dynalora.data.tables import json_records
+
+__all__ = ["PLAIN_PROMPT", "PRESETS", "SftRecord", "encode_sft", "encode_sft_record", "format_conversation",
+           "format_prompt", "has_chat_template", "load_sft_records", "pack_features", "prompt_ids",
+           "strip_calculator"]
 
 # preset name -> (prompt field, response field, optional input field appended to the prompt)
 PRESETS: dict[str, tuple[str, str, str | None]] = {
@@ -30,16 +52,41 @@ PRESETS: dict[str, tuple[str, str, str | None]] = {
     "alpaca": ("instruction", "output", "input"),
     "generic": ("prompt", "response", None),
 }
-PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"
+CONVERSATION_FIELDS = ("messages", "conversations")  # OpenAI style, ShareGPT style
+CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator calls, e.g. <<48/2=24>>
 
 
 @dataclass(frozen=True)
 class SftRecord:
-    """One instruction example; `where` locates it in its file (e.g. "line 12")."""
+    """One instruction example; `where` locates it in its file (e.g. "line 12").
+
+    A multi-turn record keeps its whole conversation in `messages`; `prompt` and `response`
+    are then its last user turn and its last assistant turn (what generation is judged on).
+    """
 
     prompt: str
     response: str
     where: str = ""
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) pairs
+
+    def conversation(self) -> list[Message]:
+        """All turns as role/content dicts (a prompt/response record: one user, one assistant)."""
+        if self.messages is None:
+            return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.response}]
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def context(self) -> str | list[Message]:
+        """What a model answers when judged: the prompt, or the turns before the last answer."""
+        if self.messages is None:
+            return self.prompt
+        turns = self.conversation()
+        last = max(i for i, m in enumerate(turns) if m["role"] == "assistant")
+        return turns[:last]
+
+
+def strip_calculator(text: str) -> str:
+    """GSM8K text without its calculator annotations: "48/2 = <<48/2=24>>24" -> "48/2 = 24"."""
+    return CALCULATOR.sub("", text)
 
 
 @dataclass
@@ -62,7 +109,10 @@ class SftEncodeReport:
 
 # -- reading ------------------------------------------------------------------------------------
 def detect_preset(record: dict[str, Any]) -> str:
-    """The preset whose fields the record has (alpaca before generic: it is the more specific)."""
+    """The preset whose fields the record has (alpaca before generic: it is the more specific),
+    or "messages" for conversation records."""
+    if any(key in record for key in CONVERSATION_FIELDS):
+        return "messages"
     for name in ("gsm8k", "alpaca", "generic"):
         prompt, response, _ = PRESETS[name]
         if prompt in record and response in record:
@@ -70,7 +120,8 @@ def detect_preset(record: dict[str, Any]) -> str:
     known = "; ".join(f"{n}: {p}/{r}" for n, (p, r, _) in PRESETS.items())
     raise DataError(
         f"cannot tell the prompt and response fields from the keys {sorted(record)}; known "
-        f"layouts are {known}. Name them with prompt_field= and response_field="
+        f"layouts are {known}; messages or conversations (a list of turns). Name them with "
+        "prompt_field= and response_field="
     )
 
 
@@ -81,51 +132,73 @@ def load_sft_records(
     input_field: str | None = None,
     preset: str | None = None,
     max_records: int | None = None,
+    strip_calculator_annotations: bool = False,
 ) -> list[SftRecord]:
-    """Read a JSONL file (or a JSON list) of prompt/response records.
+    """Read a JSONL file (or a JSON list) of prompt/response or conversation records.
 
-    Fields come from `preset` (gsm8k, alpaca, generic), from the explicit field names, or are
-    detected from the first record's keys. With an input field (Alpaca's `input`), a non-empty
-    input is appended to the instruction on a new paragraph. Malformed records (bad JSON, not
-    an object, missing or non-text fields) are skipped and reported with their line numbers.
+    Fields come from `preset` (gsm8k, alpaca, generic, messages), from the explicit field
+    names, or are detected from the first record's keys. With an input field (Alpaca's
+    `input`), a non-empty input is appended to the instruction on a new paragraph. Malformed
+    records (bad JSON, not an object, missing or non-text fields, turns without a known role)
+    are skipped and reported with their line numbers. `strip_calculator_annotations` removes
+    GSM8K's `<<a=b>>` calls from every answer.
     """
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise DataError(f"{path}: SFT data must be .jsonl or .json (a list of records)")
     problems = RowProblems(path)
     raw = json_records(path, problems)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise DataError(f"unknown SFT preset {preset!r}; known: {sorted(PRESETS)}")
-        fields = PRESETS[preset]
-    elif prompt_field is not None and response_field is not None:
-        fields = (prompt_field, response_field, input_field)
-    else:
+    if preset is not None and preset not in (*PRESETS, "messages"):
+        raise DataError(f"unknown SFT preset {preset!r}; known: {[*sorted(PRESETS), 'messages']}")
+    if preset is None and (prompt_field is None or response_field is None):
         first = next((r for _, r in raw if isinstance(r, dict)), None)
         if first is None:
             raise DataError(f"{path}: no JSON object records. {problems.summary()}")
-        fields = PRESETS[detect_preset(first)]
-    prompt_key, response_key, input_key = (
-        prompt_field or fields[0], response_field or fields[1], input_field or fields[2])
+        preset = detect_preset(first)
+    fields = PRESETS.get(preset or "", (None, None, None))
+    keys = (prompt_field or fields[0], response_field or fields[1], input_field or fields[2])
     records = []
     for where, record in raw:
-        parsed = _parse_record(record, prompt_key, response_key, input_key)
+        parsed = _parse_conversation(record) if preset == "messages" else _parse_record(record, *keys)
         if isinstance(parsed, str):
             problems.add(where, parsed)
             continue
-        records.append(SftRecord(parsed[0], parsed[1], f"{path.name} {where}"))
+        if strip_calculator_annotations:
+            parsed = [(role, strip_calculator(text) if role == "assistant" else text) for role, text in parsed]
+        records.append(_record(parsed, f"{path.name} {where}", multi_turn=preset == "messages"))
         if max_records is not None and len(records) >= max_records:
             break
     if not records:
         detail = f" Problems: {problems.summary()}." if len(problems) else ""
-        raise DataError(f"{path}: no usable records (fields {prompt_key!r}/{response_key!r}).{detail}")
+        what = "conversation turns" if preset == "messages" else f"fields {keys[0]!r}/{keys[1]!r}"
+        raise DataError(f"{path}: no usable records ({what}).{detail}")
     problems.warn(len(records))
     return records
 
 
+def _record(turns: list[tuple[str, str]], where: str, multi_turn: bool) -> SftRecord:
+    if not multi_turn:
+        return SftRecord(turns[0][1], turns[1][1], where)
+    last = max(i for i, (role, _) in enumerate(turns) if role == "assistant")
+    users = [text for role, text in turns[:last] if role == "user"]
+    return SftRecord(users[-1] if users else "", turns[last][1], where, tuple(turns))
+
+
+def _parse_conversation(record: object) -> list[tuple[str, str]] | str:
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    key = next((k for k in CONVERSATION_FIELDS if k in record), None)
+    if key is None:
+        return f"missing field {CONVERSATION_FIELDS[0]!r} (or {CONVERSATION_FIELDS[1]!r})"
+    messages = check_messages(record[key])
+    if isinstance(messages, str):
+        return f"{key}: {messages}"
+    return [(m["role"], m["content"]) for m in messages]
+
+
 def _parse_record(record: object, prompt_key: str, response_key: str,
-                  input_key: str | None) -> tuple[str, str] | str:
-    """(prompt, response), or a message saying why the record cannot be used."""
+                  input_key: str | None) -> list[tuple[str, str]] | str:
+    """[("user", prompt), ("assistant", response)], or why the record cannot be used."""
     if not isinstance(record, dict):
         return f"expected a JSON object, found {type(record).__name__}"
     missing = [k for k in (prompt_key, response_key) if k not in record]
@@ -138,36 +211,25 @@ def _parse_record(record: object, prompt_key: str, response_key: str,
     extra = record.get(input_key) if input_key else None
     if isinstance(extra, str) and extra.strip():
         prompt = f"{prompt}\n\n{extra}"
-    return prompt, record[response_key]
+    return [("user", prompt), ("assistant", record[response_key])]
 
 
 # -- formatting and masking ----------------------------------------------------------------------
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def format_prompt(tokenizer: Any, prompt: str) -> str:
     """The text a model sees before it answers: the chat template's user turn plus the
     generation prompt (the assistant header), or the plain template."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return PLAIN_PROMPT.format(prompt=prompt)
+    return render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def format_conversation(tokenizer: Any, prompt: str, response: str) -> str:
     """The full training text: prompt and response (with the template's end-of-turn marks)."""
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-            tokenize=False)
+        return render(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
     return PLAIN_PROMPT.format(prompt=prompt) + response
 
 
 def _tokenize(tokenizer: Any, text: str, chat: bool) -> list[int]:
-    # A chat template writes its own special tokens (BOS included, where the model has one);
-    # the plain template relies on the tokenizer to add them.
-    return list(tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    return tokenize(tokenizer, text)["input_ids"]
 
 
 def response_start(tokenizer: Any, prompt_text: str, full_text: str, response: str,
@@ -191,7 +253,7 @@ def response_start(tokenizer: Any, prompt_text: str, full_text: str, response: s
         if char < 0:
             raise DataError("the chat template does not keep the response text verbatim")
     try:
-        offsets = tokenizer(full_text, add_special_tokens=not chat, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenize(tokenizer, full_text, with_offsets=True)["offset_mapping"] or None
     except (NotImplementedError, ValueError, TypeError):
         offsets = None
     if offsets is None:  # slow tokenizers: count the tokens of the text before the boundary
@@ -209,7 +271,9 @@ def eos_needed(tokenizer: Any, chat: bool, full_ids: list[int]) -> bool:
 
 
 def encode_sft_record(tokenizer: Any, record: SftRecord) -> tuple[list[int], int, bool]:
-    """(token ids of the whole conversation, index of the first response token, fallback used)."""
+    """(token ids of the whole conversation, index of the first response token, fallback used).
+
+    For a multi-turn record use `encode_labels` (several assistant spans)."""
     chat = has_chat_template(tokenizer)
     prompt_text = format_prompt(tokenizer, record.prompt)
     full_text = format_conversation(tokenizer, record.prompt, record.response)
@@ -218,6 +282,18 @@ def encode_sft_record(tokenizer: Any, record: SftRecord) -> tuple[list[int], int
     if eos_needed(tokenizer, chat, ids):
         ids.append(tokenizer.eos_token_id)
     return ids, start, fallback
+
+
+def encode_labels(tokenizer: Any, record: SftRecord) -> tuple[list[int], list[int], bool]:
+    """(token ids, labels: the ids on assistant tokens and -100 elsewhere, offset fallback used)."""
+    if record.messages is None:
+        ids, start, fallback = encode_sft_record(tokenizer, record)
+        return ids, [-100] * start + ids[start:], fallback
+    ids, spans = assistant_spans(tokenizer, record.conversation())
+    labels = [-100] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    return ids, labels, False
 
 
 def encode_sft(records: Sequence[SftRecord], tokenizer: Any, max_length: int = 512,
@@ -232,16 +308,15 @@ def encode_sft(records: Sequence[SftRecord], tokenizer: Any, max_length: int = 5
     report = SftEncodeReport(records=len(records), max_length=max_length)
     features = []
     for record in records:
-        ids, start, fallback = encode_sft_record(tokenizer, record)
+        ids, labels, fallback = encode_labels(tokenizer, record)
         report.offset_masks += fallback
         if len(ids) > max_length:
             report.truncated += 1
             report.truncated_where.append(record.where)
-            ids = ids[:max_length]
-        if start >= len(ids):
+            ids, labels = ids[:max_length], labels[:max_length]
+        if all(label == -100 for label in labels):
             report.dropped_no_response += 1
             continue
-        labels = [-100] * start + ids[start:]
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     report.kept = len(features)
     if warn and (report.truncated or report.dropped_no_response):

@@ -3,8 +3,10 @@
 * samples.jsonl  one line per held-out prompt: the base model's answer ("before") and the
                  trained adapter's ("after"); for GSM8K-style references (`#### <number>`)
                  also the extracted answers and whether each is right
-* report.md      held-out loss / perplexity and exact match before and after, the per-layer
-                 ranks the run ended with, and the first few answers side by side
+                 and, per side, why the answer ended and whether it loops
+* report.md      held-out loss / perplexity, exact match (with McNemar's paired test), the
+                 share of answers that end properly and that loop, before and after; the
+                 per-layer ranks the run ended with, and the first few answers side by side
 
 "Before" is the same model with its adapters switched off (the base weights never train), so
 both sides come from one model in memory; "after" is whichever adapter is active.
@@ -21,32 +23,68 @@ from dynalora.adapters import DynaLoraModel
 from dynalora.allocation.plot import short_layer_name
 from dynalora.data.sft import SftRecord
 from dynalora.files import atomic_path
-from dynalora.llm.evaluate import generate_answers, is_gsm8k_style, score_answers
+from dynalora.llm.evaluate import is_gsm8k_style, score_answers
+from dynalora.llm.generate import Generation, GenerationSettings, generate_many
+from dynalora.llm.quality import find_loop, mcnemar, summarize
 
 SAMPLES_FILE, REPORT_FILE = "samples.jsonl", "report.md"
 SIDES = ("before", "after")
 
 
 def answer_before_and_after(wrapper: DynaLoraModel, tokenizer: Any, records: Sequence[SftRecord],
-                            max_new_tokens: int, batch_size: int) -> list[dict[str, Any]]:
-    """Greedy answers of the base model and of the active adapter to each record's prompt.
+                            settings: GenerationSettings, batch_size: int,
+                            baseline: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Answers of the base model and of the active adapter to each record's prompt.
 
-    Each sample holds where/prompt/response/before/after; when every record has a `####`
+    Each sample holds where/prompt/response/before/after, and per side `<side>_stop` (eos,
+    stop or length), `<side>_tokens` and `<side>_loops`; when every record has a `####`
     reference, also reference_answer and, per side, `<side>_answer` and `<side>_correct`.
+    `baseline` (the samples of an earlier run on the same prompts with the same generation
+    settings) supplies the "before" side instead of generating it again.
     """
-    prompts = [r.prompt for r in records]
-    with wrapper.disable_adapters():
-        texts = {"before": generate_answers(wrapper, tokenizer, prompts, max_new_tokens, batch_size)}
-    texts["after"] = generate_answers(wrapper, tokenizer, prompts, max_new_tokens, batch_size)
-    samples = [{"where": r.where, "prompt": r.prompt, "response": r.response,
-                "before": texts["before"][i], "after": texts["after"][i]} for i, r in enumerate(records)]
+    contexts = [r.context() for r in records]
+    if baseline is not None:
+        before = reuse_before(baseline, records)
+    else:
+        with wrapper.disable_adapters():
+            before = generate_many(wrapper, tokenizer, contexts, settings, batch_size)
+    outputs = {"before": before, "after": generate_many(wrapper, tokenizer, contexts, settings, batch_size)}
+    samples = [{"where": r.where, "prompt": r.prompt, "response": r.response} for r in records]
+    for side, generations in outputs.items():
+        for sample, generation in zip(samples, generations):
+            sample.update({side: generation.text, f"{side}_stop": generation.stop_reason,
+                           f"{side}_tokens": generation.new_tokens,
+                           f"{side}_loops": find_loop(generation.text) is not None})
     if is_gsm8k_style(records):
         for side in SIDES:
-            for sample, scored in zip(samples, score_answers(records, texts[side])):
+            for sample, scored in zip(samples, score_answers(records, [g.text for g in outputs[side]])):
                 sample["reference_answer"] = scored["reference"]
                 sample[f"{side}_answer"] = scored["prediction"]
                 sample[f"{side}_correct"] = scored["correct"]
     return samples
+
+
+def reuse_before(baseline: Sequence[dict[str, Any]], records: Sequence[SftRecord]) -> list[Generation]:
+    """The "before" answers of earlier samples, which must be for the same prompts in order."""
+    if len(baseline) < len(records) or any(b.get("prompt") != r.prompt for b, r in zip(baseline, records)):
+        raise ValueError("baseline samples are not for the same held-out prompts (same data, seed and order)")
+    return [Generation(b["before"], b["before_stop"], b["before_tokens"]) for b in baseline[: len(records)]]
+
+
+def generations(samples: Sequence[dict[str, Any]], side: str) -> list[Generation]:
+    return [Generation(s[side], s[f"{side}_stop"], s[f"{side}_tokens"]) for s in samples]
+
+
+def judge(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """{"before": shares, "after": shares[, "mcnemar": paired test]} over the samples
+    (see `dynalora.llm.quality.summarize`; exact match when they are scored)."""
+    scored = bool(samples) and "before_correct" in samples[0]
+    result: dict[str, Any] = {
+        side: summarize(generations(samples, side), [s[f"{side}_correct"] for s in samples] if scored else None)
+        for side in SIDES}
+    if scored:
+        result["mcnemar"] = mcnemar([s["before_correct"] for s in samples], [s["after_correct"] for s in samples])
+    return result
 
 
 def exact_match(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -55,6 +93,15 @@ def exact_match(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if n == 0 or "before_correct" not in samples[0]:
         raise ValueError("exact match needs samples scored against '#### <number>' references")
     return {"n": n, **{side: sum(s[f"{side}_correct"] for s in samples) / n for side in SIDES}}
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """The samples a run wrote (samples.jsonl), e.g. to reuse its "before" answers."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the baseline samples ({err.strerror})") from None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
@@ -96,6 +143,26 @@ def _verdict(sample: dict[str, Any], side: str) -> str:
     return f" (answer {sample[f'{side}_answer']}, {mark})"
 
 
+def generation_rows(judged: dict[str, Any] | None) -> list[str]:
+    """Table rows for the generation shares (and the McNemar line below the table)."""
+    if not judged:
+        return []
+    before, after = judged["before"], judged["after"]
+    n = before["n"]
+    rows = [f"| answers that end (end-of-turn or `#### n`), n={n} | {before['ended']:.3f} | {after['ended']:.3f} |",
+            f"| answers that loop, n={n} | {before['looping']:.3f} | {after['looping']:.3f} |",
+            f"| mean new tokens, n={n} | {before['mean_new_tokens']:.1f} | {after['mean_new_tokens']:.1f} |"]
+    if "mcnemar" in judged:
+        test = judged["mcnemar"]
+        rows += ["", f"Exact match on {n} held-out prompts: {before['correct']} right before, {after['correct']} "
+                     f"after; {test['only_before']} right only before, {test['only_after']} only after "
+                     f"(exact McNemar test p = {test['p_value']:.3g})."]
+    if judged.get("settings"):
+        rows += ["", "Generation settings: " + ", ".join(f"{k}={v}" for k, v in judged["settings"].items()
+                                                          if v not in (None, []))]
+    return rows
+
+
 def write_report(path: Path, metrics: dict[str, Any], base_model: str,
                  samples: Sequence[dict[str, Any]]) -> None:
     """report.md from metrics.json's content and the samples to show."""
@@ -110,6 +177,7 @@ def write_report(path: Path, metrics: dict[str, Any], base_model: str,
     if "exact_match" in metrics:
         em = metrics["exact_match"]
         lines.append(f"| exact match (n={em['n']}) | {em['before']:.3f} | {em['after']:.3f} |")
+    lines += generation_rows(metrics.get("generation"))
     ranks = metrics.get("ranks") or {}
     if ranks:
         lines += ["", f"## Ranks per layer ({sum(ranks.values())} in all, {len(ranks)} layers)", "",

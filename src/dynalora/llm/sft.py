@@ -30,6 +30,7 @@ from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
 from dynalora.files import write_json
 from dynalora.llm.evaluate import is_gsm8k_style
+from dynalora.llm.generate import GenerationSettings
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
 from dynalora.llm.objective import LanguageModelObjective
 from dynalora.llm.report import (
@@ -37,6 +38,8 @@ from dynalora.llm.report import (
     SAMPLES_FILE,
     answer_before_and_after,
     exact_match,
+    judge,
+    read_samples,
     write_report,
     write_samples,
 )
@@ -62,7 +65,8 @@ RUN_FORMAT = "dynalora-sft-run"
 HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 200  # evaluation records taken from --data when no --eval-data
 BEST_ADAPTER = "best"  # the saved adapter, loaded back beside the trained one to answer the samples
 # Settings of what is written after training: changing them never stops a run from resuming.
-REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens")
+REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens", "generation_samples", "repetition_penalty",
+                 "no_repeat_ngram_size", "stop", "baseline_samples")
 
 
 @dataclass
@@ -85,12 +89,13 @@ class SftConfig(RunConfig):
     dropout: float = override("dropout", 0.05)
     target_modules: list[str] | None = override("target_modules", None, "modules to adapt; default: every "
                                                                         "attention and MLP projection")
-    data: str = setting("", "training data: JSONL (or a JSON list) of prompt/response records")
+    data: str = setting("", "training data: JSONL (or a JSON list) of prompt/response records or of "
+                              "conversations ('messages')")
     eval_data: str | None = setting(None, "held-out records for loss/perplexity; default: a held-out 5 percent "
                                           "of --data (at most 200)")
     packing: bool = setting(False, "pack several records into each training sequence (fewer pad tokens)")
     preset: str | None = setting(None, f"record layout: {', '.join(PRESETS)}; default: detected from the first "
-                                       "record", choices=tuple(PRESETS))
+                                       "record", choices=(*PRESETS, "messages"))
     prompt_field: str | None = setting(None, "field holding the prompt (overrides the preset)")
     response_field: str | None = setting(None, "field holding the response (overrides the preset)")
     input_field: str | None = setting(None, "optional field appended to the prompt (Alpaca's 'input')")
@@ -98,18 +103,35 @@ class SftConfig(RunConfig):
                               "to samples.jsonl and report.md; 0 for none", min=0)
     exact_match_samples: int | None = setting(None, "held-out records with GSM8K-style answers ('#### <number>') "
                                                     "scored by exact match before and after training; default: "
-                                                    "the --samples prompts when the data has such answers; 0 for "
-                                                    "none", min=0)
+                                                    "all the answered prompts when the data has such answers; 0 "
+                                                    "for none", min=0)
     max_new_tokens: int = setting(256, "token limit of those answers", positive=True)
+    generation_samples: int = setting(200, "held-out prompts answered before and after training and judged: the "
+                                           "share of answers that end (end-of-turn or '#### n') and that loop, "
+                                           "exact match for GSM8K-style data (at most the held-out set)", min=0)
+    repetition_penalty: float | None = setting(None, "repetition penalty of those answers (1: none)")
+    no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this many tokens in those answers")
+    stop: list[str] = setting([], "stop strings that end those answers")
+    baseline_samples: str | None = setting(None, "samples.jsonl of an earlier run on the same held-out prompts and "
+                                                 "generation settings: reuse its base-model answers")
+    strip_calculator: bool = setting(True, "remove GSM8K's <<a=b>> calculator annotations from the answers (the "
+                                           "model has no calculator when it generates)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
         check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
+        self.generation_settings()  # one-line errors for bad generation values
+
+    def generation_settings(self) -> GenerationSettings:
+        """How the held-out answers of the report are decoded (greedy)."""
+        return GenerationSettings(self.max_new_tokens, repetition_penalty=self.repetition_penalty,
+                                  no_repeat_ngram_size=self.no_repeat_ngram_size, stop=self.stop)
 
 
 def read_records(config: SftConfig, path: str) -> list[SftRecord]:
-    return load_sft_records(path, config.prompt_field, config.response_field, config.input_field, config.preset)
+    return load_sft_records(path, config.prompt_field, config.response_field, config.input_field, config.preset,
+                            strip_calculator_annotations=config.strip_calculator)
 
 
 def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord]]:
@@ -136,11 +158,12 @@ def report_records(config: SftConfig, evaluation: list[SftRecord]) -> tuple[list
     on other data it is an error (raised before training); by default it is simply skipped.
     """
     wanted = config.exact_match_samples
+    answered = evaluation[: max(config.samples, config.generation_samples, wanted or 0)]
     if wanted is None:
-        scored = config.samples if is_gsm8k_style(evaluation[: config.samples]) else 0
+        scored = len(answered) if is_gsm8k_style(answered) else 0
     else:
         scored = wanted
-    records = evaluation[: max(config.samples, scored)]
+    records = evaluation[: max(len(answered), scored)]
     if wanted and not is_gsm8k_style(records):
         raise ConfigError(f"exact_match_samples={wanted}: the held-out answers do not all end in "
                           f"'#### <number>' (e.g. {records[0].where}); exact match is for GSM8K-style data")
@@ -155,8 +178,10 @@ def answer_with_saved_adapter(prepared: Any, folder: Path, tokenizer: Any, recor
     trained = wrapper.active_adapter
     wrapper.load_adapter(folder, BEST_ADAPTER)
     wrapper.set_adapter(BEST_ADAPTER)
+    baseline = read_samples(config.baseline_samples) if config.baseline_samples else None
     try:
-        return answer_before_and_after(wrapper, tokenizer, records, config.max_new_tokens, config.eval_batch_size)
+        return answer_before_and_after(wrapper, tokenizer, records, config.generation_settings(),
+                                       config.eval_batch_size, baseline)
     finally:
         wrapper.set_adapter(trained)
         wrapper.delete_adapter(BEST_ADAPTER)
@@ -223,6 +248,9 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
         write_samples(out / SAMPLES_FILE, samples)
     if n_scored:
         metrics["exact_match"] = exact_match(samples[:n_scored])
+    if samples:
+        judged = samples[: config.generation_samples] or samples
+        metrics["generation"] = {**judge(judged), "settings": config.generation_settings().to_dict()}
         write_json(out / "metrics.json", metrics)
     write_report(out / REPORT_FILE, metrics, source, samples[: config.samples])
     return metrics
