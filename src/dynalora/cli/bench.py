@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dynalora.cli.bench_protocol import (
+    add_protocol_flags,
+    add_report_parser,
+    add_timing_parser,
+    run_paper,
+)
 from dynalora.cli.main import one_line
 from dynalora.cli.train import none_or
 
@@ -40,8 +46,9 @@ def add_parser(subparsers: Any) -> None:
                     "into --output. Finished runs are cached under OUTPUT/runs: rerunning the same "
                     "command resumes, and only runs whose settings changed train again. Exits with "
                     "status 1 when a run failed (the others still finish; see bench.json).")
-    parser.add_argument("--profile", default="quick", choices=list(PROFILES), metavar="NAME",
-                        help=f"preset of tasks, seeds and data sizes; {describe_profiles()} (default: quick)")
+    parser.add_argument("--profile", default="quick", choices=[*PROFILES, "paper"], metavar="NAME",
+                        help=f"preset of tasks, seeds and data sizes; {describe_profiles()}; paper: the "
+                             "tiered comparison protocol, see --tier (default: quick)")
     parser.add_argument("--tasks", nargs="+", metavar="TASK",
                         help="GLUE tasks to run, e.g. mrpc sst2 rte (default: the profile's)")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
@@ -53,8 +60,9 @@ def add_parser(subparsers: Any) -> None:
                              "training default, see `dynalora train --help`)")
     parser.add_argument("--model", metavar="PATH",
                         help="base model folder (default: the packaged MiniLM)")
-    parser.add_argument("--output", default="runs/bench", metavar="DIR",
-                        help="folder for the tables, plots and runs/ (default: runs/bench)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="folder for the tables, plots and runs/ (default: runs/bench; paper: the "
+                             "run folders only, default runs/bench-paper, the records go to --records)")
     parser.add_argument("--max-train-samples", type=none_or(int), metavar="N", default=argparse.SUPPRESS,
                         help="train each run on a random subset of N examples; `none` for all "
                              "(default: the profile's)")
@@ -65,13 +73,20 @@ def add_parser(subparsers: Any) -> None:
                         help="training epochs per run (default: the profile's)")
     parser.add_argument("--stop-on-failure", action="store_true",
                         help="stop at the first failed run instead of reporting it and going on")
+    add_protocol_flags(parser)
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=type(parser))
+    add_report_parser(commands)
+    add_timing_parser(commands)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.profile == "paper":
+        return run_paper(args)
     from dynalora.bench import get_profile, run_bench
     from dynalora.files import read_json
 
+    args.output = args.output or "runs/bench"
     overrides = {name: getattr(args, name) for name in PROFILE_OVERRIDES if hasattr(args, name)}
     profile = get_profile(args.profile).replace(**overrides)  # run_bench checks the values
     try:

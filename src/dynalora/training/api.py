@@ -5,8 +5,10 @@ A run folder holds
     dynalora_config.json + dynalora_adapter.safetensors    LoRA-family methods (adapter format)
     trained_state.safetensors         the other methods (their trainable tensors)
     metrics.json, log.jsonl, curves.png, checkpoints/, allocation.json/png (dynamic, rank1)
-The saved model is the best one by the task's main metric on the evaluation split, so
-`evaluate(folder)` reproduces metrics.json exactly (same data, batches and precision).
+The saved model is the best one by the task's GLUE score on the evaluation split: GLUE dev,
+or with selection="split" the task's selection split (then dev is evaluated once, at the end,
+on that model). Either way `evaluate(folder)` reproduces metrics.json's dev figures exactly
+(same data, batches and precision).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dynalora.data import (
     load_split,
     load_table,
 )
+from dynalora.data.glue import subsample
+from dynalora.data.selection import SELECTION_SEED, split_for_selection
 from dynalora.errors import RunFolderError
 from dynalora.files import read_json
 from dynalora.packaged import portable_name
@@ -67,22 +71,42 @@ def own_task(name: str, text_columns: list[str], labels: tuple[str, ...] | None)
     return TaskSpec(name=name, text_fields=tuple(text_columns), labels=labels)
 
 
+def data_seed(config: TrainConfig) -> int:
+    """Seed of the max_*_samples subsets: the run's own, or with a selection split a fixed one,
+    so that every seed and method of a comparison trains and is judged on the same rows."""
+    return SELECTION_SEED if config.selection == "split" else config.seed
+
+
 def load_data(config: TrainConfig) -> tuple[TaskSpec, list[Example], list[Example]]:
-    """The task and its train / dev examples (GLUE, or the user's own files)."""
+    """The task and its train / dev examples (GLUE, or the user's own files). With a selection
+    split the training rows are all of them: max_train_samples applies after the split."""
+    seed = data_seed(config)
+    train_limit = None if config.selection == "split" else config.max_train_samples
     if config.train_file is None:
         task = get_task(config.task)
-        train = load_split(task, "train", config.data_dir, config.max_train_samples, config.seed)
-        dev = load_split(task, "dev", config.data_dir, config.max_eval_samples, config.seed)
+        train = load_split(task, "train", config.data_dir, train_limit, seed)
+        dev = load_split(task, "dev", config.data_dir, config.max_eval_samples, seed)
         return task, train, dev
     train, labels = load_table(config.train_file, config.text_columns, config.label_column,
                                regression=config.regression)
     dev, _ = load_table(config.dev_file, config.text_columns, config.label_column, labels=labels,
                         regression=config.regression)
-    from dynalora.data.glue import subsample
-
-    train = subsample(train, config.max_train_samples, config.seed)
-    dev = subsample(dev, config.max_eval_samples, config.seed)
+    train = subsample(train, train_limit, seed)
+    dev = subsample(dev, config.max_eval_samples, seed)
     return own_task(config.task, config.text_columns, labels), train, dev
+
+
+def run_data(config: TrainConfig) -> tuple[TaskSpec, list[Example], list[Example], list[Example] | None]:
+    """(task, training rows, rows the run chooses on, dev rows evaluated once at the end or None).
+
+    selection="dev": the run chooses on dev (the last item is None). selection="split": it
+    chooses on the task's selection split (see `dynalora.data.selection`), carved out of train.
+    """
+    task, train, dev = load_data(config)
+    if config.selection != "split":
+        return task, train, dev, None
+    train, chosen_on = split_for_selection(train, task.is_regression)
+    return task, subsample(train, config.max_train_samples, SELECTION_SEED), chosen_on, dev
 
 
 def run_metadata(config: TrainConfig, task: TaskSpec, model_path: str | Path, lr: float) -> dict[str, Any]:
@@ -97,6 +121,7 @@ def run_metadata(config: TrainConfig, task: TaskSpec, model_path: str | Path, lr
         "eval_batch_size": config.eval_batch_size, "data_dir": config.data_dir,
         "max_eval_samples": config.max_eval_samples, "seed": config.seed, "dev_file": config.dev_file,
         "text_columns": config.text_columns, "label_column": config.label_column, "lr": lr,
+        "selection": config.selection, "data_seed": data_seed(config),
         "dynalora_version": __version__,
     }
 
@@ -113,7 +138,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
     checkpoint = start_run_folder(config)
 
     seed_everything(config.seed)
-    task, train_examples, dev_examples = load_data(config)
+    task, train_examples, dev_examples, final_dev = run_data(config)
     model_path = resolve_model(config.model)  # a folder, or a Hub id
     tokenizer = load_tokenizer(model_path)
     train_batches, eval_batches = make_batches(encode(train_examples, tokenizer, config.max_length),
@@ -137,6 +162,11 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
                      RUN_FORMAT, run_metadata(config, task, model_path, lr))
     outcome = run_loop(config, setup, checkpoint, callbacks)
     metrics = {"task": task.name, "method": config.method, "split": "dev", **summary(outcome), "head_lr": head_lr}
+    if final_dev is not None:  # dev, touched once: the saved (chosen) model, reloaded as a user would
+        final = evaluate(config.output, device=str(device))
+        metrics.update(n_examples=final["n_examples"], metrics=final["metrics"],
+                       selection={"n_examples": metrics["n_examples"], "metrics": metrics["metrics"],
+                                  "n_train": len(train_examples)})
     publish_report(config.output, metrics, outcome,
                    title=f"{task.name}: {config.method} on {portable_name(model_path)}")
     return metrics
@@ -182,9 +212,7 @@ def evaluate(adapter_dir: str | Path, task: str | None = None, data_dir: str | P
             raise DataError(f"run {adapter_dir} was trained on its own files; only split 'dev' ({meta['dev_file']}) exists")
         examples, _ = load_table(meta["dev_file"], meta["text_columns"], meta["label_column"],
                                  labels=meta["labels"], regression=meta["regression"])
-        from dynalora.data.glue import subsample
-
-        examples = subsample(examples, max_samples or meta["max_eval_samples"], meta["seed"])
+        examples = subsample(examples, max_samples or meta["max_eval_samples"], meta.get("data_seed", meta["seed"]))
     else:
         spec = get_task(task or meta["task"])
         if spec.num_labels != meta["num_labels"]:
@@ -192,7 +220,7 @@ def evaluate(adapter_dir: str | Path, task: str | None = None, data_dir: str | P
                             f"with {meta['num_labels']} ({meta['task']})")
         same = spec.name == meta["task"] and split == "dev"
         limit = max_samples or (meta["max_eval_samples"] if same else None)
-        examples = load_split(spec, split, data_dir or meta["data_dir"], limit, meta["seed"])
+        examples = load_split(spec, split, data_dir or meta["data_dir"], limit, meta.get("data_seed", meta["seed"]))
     pad = tokenizer.pad_token_id or 0
     batches = BucketBatcher(encode(examples, tokenizer, meta["max_length"]), meta["eval_batch_size"],
                             shuffle=False, pad_token_id=pad)

@@ -20,6 +20,7 @@ from dynalora.training.run_config import (
 )
 
 POOLINGS = ("mean", "cls", "pooler")
+SELECTIONS = ("dev", "split")
 # Old names of what moved to run_config (kept so existing imports keep working).
 RunConfigMixin = RunConfig
 _f = setting
@@ -48,9 +49,16 @@ class TrainConfig(RunConfig):
     text_columns: list[str] | None = setting(None, "text column(s) of train_file/dev_file (one or two)")
     label_column: str = setting("label", "label column of train_file/dev_file")
     regression: bool = setting(False, "own data: the label is a number (MSE loss, Pearson/Spearman)")
+    selection: str = setting("dev", "where checkpoints are chosen: dev (GLUE dev, as most scripts do) or split "
+                                    "(a fixed stratified slice of train; dev is then evaluated once, at the end)",
+                             choices=SELECTIONS)
+    min_epochs: float | None = setting(None, "no best model and no early stop before this many epochs "
+                                             "(peft-adalora also finishes its rank budgeting by then)", above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(self.min_epochs is None or self.min_epochs <= self.epochs, "min_epochs", "must be at most epochs",
+              self.min_epochs)
         from dynalora.training.methods import known_methods
 
         check(self.method in known_methods(), "method", f"must be one of {known_methods()}", self.method)

@@ -73,6 +73,7 @@ class TrainingLoop:
         self.train_batches, self.eval_batches = train_batches, eval_batches
         self.run_dir, self.device, self.dtype = run_dir, device, dtype
         self.save_best = save_best
+        self.eval_split = "selection" if getattr(config, "selection", "dev") == "split" else "dev"
         self.steps_per_epoch = steps_per_epoch(len(train_batches), config.grad_accum)
         self.total_steps = total_steps(len(train_batches), config.grad_accum, config.epochs)
         # An objective without a separate head (a causal LM's SFT) trains everything at `lr`.
@@ -127,6 +128,11 @@ class TrainingLoop:
                 "n_examples": n_examples, "metrics": metrics}
 
     def after_eval(self, record: dict[str, Any]) -> None:
+        # Before min_epochs an evaluation neither becomes the best model nor uses up patience:
+        # methods that reallocate ranks (peft-adalora) reach their final budget only by then.
+        floor = getattr(self.config, "min_epochs", None)
+        if floor is not None and record["epoch"] < floor - 1e-6:
+            return
         best = self.state["best"]
         if best is None or self.objective.score(record["metrics"]) > self.objective.score(best["metrics"]):
             self.state.update(best=record, best_step=record["step"], bad_evals=0)
@@ -237,7 +243,7 @@ class TrainingLoop:
                         log.write(record)
                         self.after_eval(record)
                         # stderr, like the bar: stdout is left to the command's result (JSON)
-                        bar.write(f"step {step}: dev {self.objective.main_metric} = {record['metrics']['main']:.4f}",
+                        bar.write(f"step {step}: {self.eval_split} {self.objective.main_metric} = {record['metrics']['main']:.4f}",
                                   file=sys.stderr)
                         started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
                     if saving:

@@ -27,7 +27,7 @@ def main_metric(task: str | TaskSpec) -> str:
 
 
 def compute_metrics(task: str | TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """All metrics of the task kind, plus "main" (the task's main metric)."""
+    """All metrics of the task kind, plus "main" (the task's main metric) and "glue" (its GLUE score)."""
     spec = get_task(task)
     predictions = np.asarray(predictions, dtype=np.float64)
     labels = np.asarray(labels)
@@ -41,7 +41,25 @@ def compute_metrics(task: str | TaskSpec, predictions: np.ndarray, labels: np.nd
     else:
         result = classification_metrics(predictions, labels.astype(np.int64), spec.num_labels)
     result["main"] = result[spec.main_metric]
+    result["glue"] = glue_score(spec, result)
     return result
+
+
+def glue_score(task: str | TaskSpec, metrics: dict[str, float]) -> float:
+    """The task's score on the GLUE leaderboard: the mean of its official metrics.
+
+    MRPC / QQP: mean of accuracy and F1; STS-B (any regression): mean of Pearson and
+    Spearman; CoLA: MCC; the others: accuracy. Checkpoints are chosen on this score: F1
+    alone rewards predicting the majority class (MRPC's "always equivalent" scores F1 0.81).
+    """
+    spec = get_task(task)
+    if spec.is_regression:
+        return (metrics["pearson"] + metrics["spearman"]) / 2
+    if spec.main_metric == "f1":
+        return (metrics["accuracy"] + metrics["f1"]) / 2
+    if spec.main_metric == "mcc":
+        return metrics["mcc"]
+    return metrics["accuracy"]
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:

@@ -43,14 +43,15 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 def score(metrics: dict[str, float]) -> float:
-    """The main metric for comparisons; NaN (undefined) counts as the worst value."""
-    value = metrics["main"]
+    """The GLUE score (else the main metric) for comparisons: F1 alone rewards the majority
+    class. NaN (undefined) counts as the worst value."""
+    value = metrics.get("glue", metrics["main"])
     return -math.inf if value is None or math.isnan(value) else value
 
 
 class ClassificationObjective:
     """Cross-entropy (or MSE for a regression task) on the classifier's logits; the task's
-    metrics, its main metric higher-is-better."""
+    metrics, its GLUE score higher-is-better."""
 
     def __init__(self, task: TaskSpec, head: nn.Module | None) -> None:
         self.task, self.head = task, head

@@ -17,12 +17,15 @@ from dynalora.adapters.config import ConfigError
 
 def param_groups(model: nn.Module, head: nn.Module | None, lr: float, head_lr: float,
                  weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: the head (if any) at `head_lr`; no weight decay on vectors (biases, norms, gates)."""
+    """AdamW groups: the head (if any) at `head_lr`; no weight decay on vectors (biases, norms,
+    gates) nor on AdaLoRA's singular values (`lora_E`, stored as r x 1: decay would pull them
+    to zero, which AdaLoRA reads as unimportant, and prune them)."""
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
+            decays = p.ndim >= 2 and ".lora_E." not in f".{name}."
+            groups.setdefault((id(p) in head_ids, decays), []).append(p)
     return [
         {"params": params, "lr": head_lr if is_head else lr, "weight_decay": weight_decay if decays else 0.0}
         for (is_head, decays), params in sorted(groups.items())

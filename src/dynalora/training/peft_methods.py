@@ -10,8 +10,13 @@ peft-adalora: `peft.AdaLoraConfig` with `target_r = rank`, so that after its fin
               `init_r = ceil(1.5 * rank)` (AdaLoRA's paper starts 1.5x above the target).
               The schedule follows the run length like our dynamic LoRA's: warm-up
               `tinit` = 10% of the steps, ranks final for the last `tfinal` = 30%, a
-              reallocation every `deltaT` steps (about 20 in between). `update_and_allocate`
-              runs in the step hook after `optimizer.step()` and before `zero_grad()` (it
+              reallocation every `deltaT` steps (about 20 in between); with `min_epochs`
+              the schedule spans those epochs only. `orth_reg_weight` 0.1 (PEFT: 0.5), and
+              no weight decay on the singular values `E` (see `param_groups`).
+              Equal triplet counts are not equal parameter counts when layer shapes differ
+              (all-linear: an FFN triplet costs 2.5x an attention one), so the bench records
+              each run's final live count (`adapter_params`, `budget_vs_lora`).
+              `update_and_allocate` runs in the step hook after `optimizer.step()` and before `zero_grad()` (it
               reads the gradients). AdaLoRA's orthogonality penalty is normally added by its
               `forward` only when the model returns a `.loss`; our classifier returns logits,
               so the hook adds it through `loss_terms()` instead.
@@ -40,6 +45,7 @@ from dynalora.training.registry import (
 )
 
 WARMUP_FRACTION, FINAL_FRACTION, REALLOCATIONS = 0.10, 0.30, 20
+ORTH_REG_WEIGHT = 0.1  # PEFT's default 0.5 dominates a small classifier's loss early on
 
 
 def peft_targets(classifier: SequenceClassifier, config: Any) -> list[str]:
@@ -75,8 +81,18 @@ def prepare_peft_lora(classifier: SequenceClassifier, config: Any, total_steps: 
     return _prepared(get_peft_model(classifier, peft_config), classifier)
 
 
+def adalora_horizon(config: Any, total_steps: int) -> int:
+    """The steps AdaLoRA's schedule spans: the whole run, or its first `min_epochs` when set.
+
+    Early stopping may end a run before its last step; with `min_epochs` no checkpoint is
+    chosen and no stop happens before then, so the budget is final in every chosen model.
+    PEFT keeps applying the final rank pattern after `total_step`."""
+    floor = getattr(config, "min_epochs", None)
+    return total_steps if floor is None else max(3, min(total_steps, round(total_steps * floor / config.epochs)))
+
+
 def adalora_schedule(total_steps: int) -> dict[str, int]:
-    """tinit / tfinal / deltaT for a run of `total_steps` optimizer steps (PEFT needs a budgeting phase)."""
+    """tinit / tfinal / deltaT for a schedule of `total_steps` optimizer steps (PEFT needs a budgeting phase)."""
     if total_steps < 3:
         raise ConfigError(f"peft-adalora needs at least 3 optimizer steps to schedule its budget, got {total_steps}")
     tinit = max(1, round(WARMUP_FRACTION * total_steps))
@@ -131,7 +147,8 @@ def prepare_peft_adalora(classifier: SequenceClassifier, config: Any, total_step
 
     fields = {"init_r": math.ceil(1.5 * config.rank), "target_r": config.rank, "lora_alpha": config.alpha,
               "lora_dropout": config.dropout, "target_modules": peft_targets(classifier, config),
-              "modules_to_save": [HEAD_MODULE], **adalora_schedule(total_steps)}
+              "modules_to_save": [HEAD_MODULE], "orth_reg_weight": ORTH_REG_WEIGHT,
+              **adalora_schedule(adalora_horizon(config, total_steps))}
     peft_model = get_peft_model(classifier, _peft_config(AdaLoraConfig, config.method_options, **fields))
     prepared = _prepared(peft_model, classifier)
     prepared.make_hooks = lambda optimizer, steps: [AdaLoraHook(peft_model)]

@@ -1,0 +1,219 @@
+"""The `paper` protocol: arms, tiers, the learning-rate grid and the shared training budget.
+
+An arm is one way to train (a method, its targets and options): "lora" is LoRA r=8 on every
+linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
+  grid runs    every lr of the arm's grid, seed 0, on the grid tasks (MRPC, RTE); the arm's lr
+               is the one with the best mean selection score (never a dev figure);
+  seed runs    every task x arm x seed at the chosen lr, seeds outermost (after k seeds every
+               arm has k paired seeds).
+Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
+2 (LoRA q/v and Rank-1 Sum: own grid, 3 seeds), ablation (dynamic LoRA variants from
+benchmarks/paper_ablation.yaml at dynamic's lr, 3 seeds on MRPC and CoLA), 3 (the paper's
+baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-2 subset).
+
+Budget, the same for every run: at most MAX_EPOCHS epochs, evaluated on the selection split
+after each, stopped after PATIENCE evaluations without a better GLUE score, with no best
+model and no stop before MIN_EPOCHS (AdaLoRA's budget is final by then). The linear decay
+spans the ten epochs. Why these values: LoRA on CoLA was still climbing after 3 epochs
+(dev MCC 0.06, 0.21, 0.26 after epochs 1-3, seed 1); ten epochs with patience 3 let a run
+go on while it improves and stop 3 epochs after it peaks. The report's convergence table
+checks this from the records (how many runs still improved at their last epoch).
+Seed k fixes the data order and the head's initialisation for every arm alike; the rows
+(training, selection, dev) are the same for every seed (see `dynalora.data.selection`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dynalora.adapters.config import ConfigError
+
+MAX_EPOCHS, MIN_EPOCHS, PATIENCE = 10.0, 3.0, 3
+GRID_FACTORS = (0.3, 1.0, 3.0)  # times the method's default lr: LoRA family 3e-4, 1e-3, 3e-3
+GRID_SEED = 0
+GRID_TASKS = ("mrpc", "rte")
+MAIN_TASKS = ("mrpc", "rte", "stsb", "cola")
+SST2_SUBSET = 8000
+ABLATION_FILE = Path("benchmarks/paper_ablation.yaml")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    method: str
+    targets: str | tuple[str, ...] | None = "all-linear"  # None: the method places itself
+    method_options: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
+    lr_from: str | None = None  # use this arm's chosen lr (ablation variants: "dynamic")
+
+    @property
+    def tuned_by(self) -> str:
+        return self.lr_from or self.name
+
+    def targets_value(self) -> str | list[str] | None:
+        return list(self.targets) if isinstance(self.targets, tuple) else self.targets
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    arms: tuple[str, ...]
+    grid_tasks: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. a training subset
+
+
+@dataclass
+class Protocol:
+    name: str
+    arms: dict[str, Arm]
+    tiers: tuple[Tier, ...]
+    shared: dict[str, Any]  # TrainConfig fields every run shares
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"tier {name!r}: unknown; tiers: {', '.join(t.name for t in self.tiers)}")
+
+    def arm(self, name: str) -> Arm:
+        if name not in self.arms:
+            raise ConfigError(f"arm {name!r}: unknown; arms: {', '.join(self.arms)}")
+        return self.arms[name]
+
+    def replace_shared(self, **changes: Any) -> Protocol:
+        return dataclasses.replace(self, shared={**self.shared, **changes})
+
+
+def lr_grid(method: str) -> list[float]:
+    from dynalora.training.methods import get_method
+
+    base = get_method(method).default_lr
+    return [float(f"{base * f:.3g}") for f in GRID_FACTORS]
+
+
+def read_ablation(path: Path) -> dict[str, dict[str, Any]]:
+    """Dynamic-LoRA variants: a YAML mapping of variant name to method_options."""
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    variants = data.get("variants", data) if isinstance(data, dict) else None
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{path}: expected `variants:` mapping a name to its method_options")
+    return {str(k): dict(v) for k, v in variants.items()}
+
+
+MAIN_ARMS = ("lora", "dynamic", "peft-adalora")
+BASELINE_ARMS = ("full", "head", "adapter", "bitfit")
+
+
+def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
+    arms = [Arm("lora", "lora"), Arm("dynamic", "dynamic"), Arm("peft-adalora", "peft-adalora"),
+            Arm("lora-qv", "lora", ("query", "value")), Arm("rank1", "rank1"),
+            Arm("full", "full", None), Arm("head", "head", None), Arm("adapter", "adapter", None),
+            Arm("bitfit", "bitfit", None)]
+    variants = [Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from="dynamic")
+                for name, options in read_ablation(ablation_file).items()]
+    tiers = (
+        Tier("0", MAIN_ARMS, grid_tasks=GRID_TASKS),
+        Tier("1", MAIN_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),
+        Tier("2", ("lora-qv", "rank1"), grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
+        Tier("ablation", ("dynamic", *(a.name for a in variants)), tasks=("mrpc", "cola"), seeds=(0, 1, 2)),
+        Tier("3", BASELINE_ARMS, grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
+        Tier("sst2", MAIN_ARMS, tasks=("sst2",), seeds=(0, 1, 2), settings={"max_train_samples": SST2_SUBSET}),
+    )
+    shared = {"epochs": MAX_EPOCHS, "min_epochs": MIN_EPOCHS, "early_stopping_patience": PATIENCE,
+              "selection": "split", "batch_size": 32, "rank": 8, "alpha": 16.0, "max_length": 128,
+              "max_train_samples": None, "max_eval_samples": None}
+    return Protocol("paper", {a.name: a for a in arms + variants}, tiers, shared)
+
+
+@dataclass
+class Job:
+    """One planned run; `lr` is None for a seed run whose arm's lr is not chosen yet."""
+
+    tier: str
+    stage: str  # "grid" or "seeds"
+    arm: Arm
+    task: str
+    seed: int
+    lr: float | None
+    settings: dict[str, Any]  # the run's TrainConfig fields that define it (beyond task/method/...)
+
+    def key_record(self) -> dict[str, Any]:
+        """The record fields `run_key` reads, for this job."""
+        return {"task": self.task, "method": self.arm.method, "targets": self.arm.targets_value(),
+                "seed": self.seed, "lr": self.lr, "method_options": dict(self.arm.method_options),
+                "settings": self.settings}
+
+    def label(self) -> str:
+        lr = "(lr not chosen yet)" if self.lr is None else f"lr {self.lr:g}"
+        return f"tier {self.tier} {self.task} {self.arm.name} {lr} seed {self.seed}"
+
+
+def job_settings(protocol: Protocol, arm: Arm, tier: Tier) -> dict[str, Any]:
+    return dict(sorted({**protocol.shared, **tier.settings, **arm.overrides}.items()))
+
+
+def grid_jobs(protocol: Protocol, tier: Tier) -> list[Job]:
+    jobs = []
+    for task in tier.grid_tasks:  # task outermost: the first task's grid finishes first
+        for name in tier.arms:
+            arm = protocol.arm(name)
+            jobs += [Job(tier.name, "grid", arm, task, GRID_SEED, lr, job_settings(protocol, arm, tier))
+                     for lr in lr_grid(arm.method)]
+    return jobs
+
+
+def seed_jobs(protocol: Protocol, tier: Tier, chosen: dict[str, float]) -> list[Job]:
+    """Seed runs; an arm without a chosen lr yet gets lr None (counted, not runnable)."""
+    jobs = []
+    for seed in tier.seeds:
+        for task in tier.tasks:
+            for name in tier.arms:
+                arm = protocol.arm(name)
+                jobs.append(Job(tier.name, "seeds", arm, task, seed, chosen.get(arm.tuned_by),
+                                job_settings(protocol, arm, tier)))
+    return jobs
+
+
+def choose_lrs(records: list[dict[str, Any]],
+               expected: dict[str, tuple[list[float], tuple[str, ...]]] | None = None) -> dict[str, dict[str, Any]]:
+    """Each arm's lr from its grid records: the best mean selection score over the grid tasks.
+
+    An arm is decided once its grid is complete: every (lr, task) of `expected[arm]` when given
+    (the runner), else every recorded lr on the same tasks (the report, from records alone).
+    Ties go to the smaller lr. Dev figures play no part.
+    """
+    scores: dict[str, dict[float, dict[str, float]]] = {}
+    for r in records:
+        if r.get("stage") == "grid":
+            scores.setdefault(r["arm"], {}).setdefault(float(r["lr"]), {})[r["task"]] = r["selection_score"]
+    chosen = {}
+    for arm, by_lr in scores.items():
+        if expected is not None:
+            if arm not in expected:
+                continue
+            lrs, tasks = expected[arm]
+            if any(set(tasks) - set(by_lr.get(lr, {})) for lr in lrs):
+                continue
+            by_lr = {lr: {t: by_lr[lr][t] for t in tasks} for lr in lrs}
+        elif len({frozenset(v) for v in by_lr.values()}) != 1:
+            continue
+        means = {lr: sum(v.values()) / len(v) for lr, v in sorted(by_lr.items())}
+        best = max(means, key=lambda lr: (means[lr], -lr))
+        chosen[arm] = {"lr": best, "mean_selection_score": means[best],
+                       "grid": {f"{lr:g}": {"tasks": by_lr[lr], "mean": means[lr]} for lr in means}}
+    return chosen
+
+
+def expected_grids(protocol: Protocol) -> dict[str, tuple[list[float], tuple[str, ...]]]:
+    """For every arm tuned in some tier: its grid lrs and the tasks of that grid."""
+    return {name: (lr_grid(protocol.arm(name).method), tier.grid_tasks)
+            for tier in protocol.tiers if tier.grid_tasks for name in tier.arms}

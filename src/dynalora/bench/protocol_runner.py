@@ -1,0 +1,190 @@
+"""`run_protocol`: the tiers of a protocol, resumable from runs.jsonl, N runs side by side.
+
+Each run trains in its own child process (`dynalora.bench.protocol_worker`, one thread by
+default), in `WORKDIR/<tier>/<task>/<arm>/lr<lr>/seed<k>` (scratch: the record is what
+counts). When a child finishes, this process appends its record to the records file: a run
+is done exactly when its line is there, so Ctrl-C or `kill` at any moment loses at most the
+runs in flight, and the next call skips everything recorded. Tiers run in the order given;
+inside a tier the grid runs first, then the lr choice is written to `lr_choice.json` (next
+to the records) and the seed runs read it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dynalora.bench.protocol import Job, Protocol, choose_lrs, expected_grids, grid_jobs, seed_jobs
+from dynalora.bench.records import append_record, lr_text, read_records, run_key
+from dynalora.files import read_json, write_json
+
+# Seconds per run when nothing comparable is recorded yet (one thread, MiniLM, this protocol).
+DEFAULT_RUN_S = {"mrpc": 1500.0, "rte": 1800.0, "stsb": 2400.0, "cola": 2400.0, "sst2": 3600.0}
+POLL_S = 2.0
+
+
+def lr_choice_path(records: Path) -> Path:
+    return records.parent / "lr_choice.json"
+
+
+def refresh_lr_choice(protocol: Protocol, records: Path) -> dict[str, float]:
+    """Recompute every decided arm's lr from the records, write lr_choice.json, and return
+    the choices as read back from that file (the file is what later tiers use)."""
+    chosen = choose_lrs(read_records(records), expected_grids(protocol))
+    path = lr_choice_path(records)
+    if chosen or path.is_file():
+        write_json(path, chosen)
+    stored = read_json(path, "lr choice") if path.is_file() else {}
+    return {arm: float(entry["lr"]) for arm, entry in stored.items()}
+
+
+def pending(jobs: list[Job], records: list[dict[str, Any]]) -> list[Job]:
+    done = {run_key(r) for r in records}
+    return [j for j in jobs if j.lr is None or run_key(j.key_record()) not in done]
+
+
+def estimate_s(job: Job, records: list[dict[str, Any]]) -> float:
+    """Mean recorded run time of the same task and method, else of the task, else a default."""
+    same = [r["run_wall_s"] for r in records if r["task"] == job.task and r["method"] == job.arm.method]
+    task = [r["run_wall_s"] for r in records if r["task"] == job.task]
+    values = same or task
+    return sum(values) / len(values) if values else DEFAULT_RUN_S.get(job.task, 2400.0)
+
+
+def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: int,
+                  arms: list[str] | None = None) -> tuple[int, float, str]:
+    """(runs left, estimated seconds, a readable summary) for the chosen tiers."""
+    recorded = read_records(records)
+    chosen = refresh_lr_choice(protocol, records)
+    lines, total, seconds = [], 0, 0.0
+    for name in tiers:
+        tier = protocol.tier(name)
+        jobs = [j for j in grid_jobs(protocol, tier) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
+        left = pending(jobs, recorded)
+        cost = sum(estimate_s(j, recorded) for j in left)
+        undecided = sum(j.lr is None for j in left)
+        note = f" ({undecided} wait for their arm's lr grid)" if undecided else ""
+        lines.append(f"tier {name}: {len(left)} of {len(jobs)} runs left{note}, ~{cost / 3600:.1f} h of run time")
+        total, seconds = total + len(left), seconds + cost
+    basis = f"from {len(recorded)} recorded runs" if recorded else "no runs recorded yet: default guesses"
+    lines.append(f"{total} runs left; about {seconds / workers / 3600:.1f} h with {workers} worker(s) ({basis})")
+    return total, seconds / workers, "\n".join(lines)
+
+
+def keep(job: Job, arms: list[str] | None) -> bool:
+    return arms is None or job.arm.name in arms
+
+
+def job_folder(workdir: Path, job: Job) -> Path:
+    arm = job.arm.name.replace(":", "-")
+    return workdir / f"tier-{job.tier}" / job.task / arm / f"lr{lr_text(job.lr)}" / f"seed{job.seed}"
+
+
+def job_document(job: Job, data_dir: str | None, model: str | None) -> dict[str, Any]:
+    train = {"task": job.task, "method": job.arm.method, "seed": job.seed, "lr": job.lr,
+             "target_modules": job.arm.targets_value(), "method_options": dict(job.arm.method_options),
+             "data_dir": data_dir, "model": model, "progress": False, **job.settings}
+    record = {**job.key_record(), "arm": job.arm.name, "tier": job.tier, "stage": job.stage}
+    return {"train": train, "record": record}
+
+
+class Pool:
+    """Up to `workers` child processes; each finished run's record goes to the records file."""
+
+    def __init__(self, records: Path, workers: int, threads: int) -> None:
+        self.records, self.workers, self.threads = records, workers, threads
+        self.running: dict[subprocess.Popen, tuple[Job, Path, float]] = {}
+        self.failures: list[str] = []
+        self.finished = 0
+
+    def start(self, job: Job, folder: Path, doc: dict[str, Any]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "record.json").unlink(missing_ok=True)
+        write_json(folder / "job.json", doc)
+        print(f"start  {job.label()}", flush=True)
+        self.running[self.launch(folder)] = (job, folder, time.perf_counter())
+
+    def launch(self, folder: Path) -> subprocess.Popen:
+        """The child process of one run (its output goes to worker.log in its folder)."""
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "TOKENIZERS_PARALLELISM": "false"}
+        with open(folder / "worker.log", "w") as log:
+            return subprocess.Popen([sys.executable, "-m", "dynalora.bench.protocol_worker", str(folder)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def reap(self) -> None:
+        for child in [c for c in self.running if c.poll() is not None]:
+            job, folder, began = self.running.pop(child)
+            if child.returncode == 0 and (folder / "record.json").is_file():
+                record = read_json(folder / "record.json", "run record")
+                append_record(self.records, record)
+                self.finished += 1
+                print(f"done   {job.label()}: selection {record['selection_score']:.4f}, dev GLUE "
+                      f"{record['dev']['glue']:.4f}, {record['epochs_run']:g} epochs, "
+                      f"{time.perf_counter() - began:.0f} s", flush=True)
+            else:
+                tail = (folder / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
+                print(f"FAILED {job.label()} (exit {child.returncode}); {folder / 'worker.log'}: "
+                      + " | ".join(tail), flush=True)
+                self.failures.append(job.label())
+
+    def run(self, jobs: list[Job], workdir: Path, data_dir: str | None, model: str | None) -> None:
+        queue = list(jobs)
+        while queue or self.running:
+            while queue and len(self.running) < self.workers:
+                job = queue.pop(0)
+                self.start(job, job_folder(workdir, job), job_document(job, data_dir, model))
+            time.sleep(POLL_S if self.running else 0)
+            self.reap()
+
+    def stop(self) -> None:
+        for child in self.running:
+            child.terminate()
+        for child in self.running:
+            child.wait()
+        self.running.clear()
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_protocol(protocol: Protocol, tiers: list[str], records: str | Path, workdir: str | Path,
+                 workers: int = 1, threads: int = 1, arms: list[str] | None = None,
+                 data_dir: str | None = None, model: str | None = None) -> list[str]:
+    """Run what is left of `tiers` (in order); returns the labels of failed runs."""
+    records, workdir = Path(records), Path(workdir)
+    for name in tiers:
+        protocol.tier(name)  # unknown tier names fail before anything runs
+    for name in arms or []:
+        protocol.arm(name)
+    _, _, summary = describe_plan(protocol, tiers, records, workers, arms)
+    print(summary, flush=True)
+    pool = Pool(records, workers, threads)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        for name in tiers:
+            tier = protocol.tier(name)
+            grid = [j for j in grid_jobs(protocol, tier) if keep(j, arms)]
+            pool.run(pending(grid, read_records(records)), workdir, data_dir, model)
+            chosen = refresh_lr_choice(protocol, records)
+            seeds = [j for j in seed_jobs(protocol, tier, chosen) if keep(j, arms)]
+            waiting = sorted({j.arm.tuned_by for j in seeds if j.lr is None})
+            if waiting:
+                print(f"tier {name}: no lr chosen yet for {', '.join(waiting)} (its grid is unfinished); "
+                      "their seed runs wait", flush=True)
+            pool.run([j for j in pending(seeds, read_records(records)) if j.lr is not None], workdir, data_dir, model)
+    except KeyboardInterrupt:
+        print(f"interrupted: stopping {len(pool.running)} run(s) in flight; every finished run is recorded "
+              f"in {records}", flush=True)
+        pool.stop()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"{pool.finished} run(s) finished, {len(pool.failures)} failed; records: {records}", flush=True)
+    return pool.failures

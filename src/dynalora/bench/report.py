@@ -1,0 +1,184 @@
+"""The protocol's report, from runs.jsonl alone: `dynalora bench report`.
+
+Which runs count: for an arm tuned by a grid, the runs at its chosen lr (recomputed from the
+grid records, as the bench chose it); for an arm without grid records (ablation variants),
+all its runs. One run per (task, arm, seed). Every figure is the dev GLUE score of the model
+chosen on the selection split, in points (x100).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dynalora.analysis.tables import write_table
+from dynalora.bench.protocol import choose_lrs
+from dynalora.bench.records import lr_text, read_records
+from dynalora.bench.stats import MIN_WILCOXON, paired
+from dynalora.data import get_task
+from dynalora.files import atomic_path
+
+GLUE_METRIC = {"regression": "mean of Pearson and Spearman", "f1": "mean of accuracy and F1", "mcc": "MCC"}
+
+
+def glue_metric_name(task: str) -> str:
+    spec = get_task(task)
+    return GLUE_METRIC["regression"] if spec.is_regression else GLUE_METRIC.get(spec.main_metric, "accuracy")
+
+
+def counted_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the tables use (see the module doc); the last record wins a duplicate."""
+    gridded = {r["arm"] for r in records if r.get("stage") == "grid"}
+    kept: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in records:
+        if r["arm"] in gridded and (r["arm"] not in chosen or lr_text(r["lr"]) != lr_text(chosen[r["arm"]]["lr"])):
+            continue
+        kept[(r["task"], r["arm"], r["seed"])] = r
+    return list(kept.values())
+
+
+def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
+    """(task, arm) -> {seed: dev GLUE score in points}."""
+    cells: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        cells[(r["task"], r["arm"])][r["seed"]] = 100 * r["dev"]["glue"]
+    return cells
+
+
+def mean_std_text(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def table1(cells: dict, tasks: list[str], arms: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for arm in arms:
+        row: dict[str, Any] = {"arm": arm}
+        means = []
+        for task in tasks:
+            values = list(cells.get((task, arm), {}).values())
+            row[task] = mean_std_text(values)
+            if values:
+                means.append(statistics.fmean(values))
+        complete = len(means) == len(tasks)
+        row["GLUE average"] = "–" if not means else f"{statistics.fmean(means):.2f}" + (
+            "" if complete else f" ({len(means)}/{len(tasks)} tasks)")
+        rows.append(row)
+    return rows
+
+
+def paired_rows(cells: dict, tasks: list[str], arms: list[str], reference: str) -> list[dict[str, Any]]:
+    rows = []
+    for arm in arms:
+        if arm == reference:
+            continue
+        shared_tasks = [t for t in tasks if (t, arm) in cells and (t, reference) in cells]
+        per_seed: dict[int, list[float]] = defaultdict(list)
+        for task in shared_tasks:
+            mine, ref = cells[(task, arm)], cells[(task, reference)]
+            seeds = sorted(set(mine) & set(ref))
+            rows.append(paired_row(arm, task, [mine[s] - ref[s] for s in seeds]))
+            for s in seeds:
+                per_seed[s].append(mine[s] - ref[s])
+        if len(shared_tasks) > 1:  # a seed counts on average only when it has every shared task
+            whole = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(shared_tasks)]
+            rows.append(paired_row(arm, f"average ({len(shared_tasks)} tasks)", whole))
+    return rows
+
+
+def paired_row(arm: str, task: str, differences: list[float]) -> dict[str, Any]:
+    result = paired([d / 100 for d in differences])
+    return {"arm": arm, "task": task, "n": result.n,
+            "mean difference": "–" if result.n == 0 else f"{100 * result.mean:+.2f}",
+            "95% CI": result.interval_text(), "Wilcoxon p": result.p_text()}
+
+
+def lr_rows(chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for arm, entry in chosen.items():
+        for lr, cell in entry["grid"].items():
+            rows.append({"arm": arm, "lr": lr, "chosen": "yes" if float(lr) == entry["lr"] else "",
+                         **{task: f"{100 * v:.2f}" for task, v in cell["tasks"].items()},
+                         "mean": f"{100 * cell['mean']:.2f}"})
+    return rows
+
+
+def convergence_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["task"], r["arm"])].append(r)
+    rows = []
+    for (task, arm), mine in groups.items():
+        peaked_last = sum(1 for r in mine if r["curve"] and r["best_epoch"] >= r["curve"][-1][0] - 1e-6)
+        rows.append({"task": task, "arm": arm, "runs": len(mine),
+                     "epochs run (mean)": f"{statistics.fmean(r['epochs_run'] for r in mine):.1f}",
+                     "best epoch (mean)": f"{statistics.fmean(r['best_epoch'] for r in mine):.1f}",
+                     "stopped early": sum(bool(r["stopped_early"]) for r in mine),
+                     "best at last evaluation": peaked_last,
+                     "run time s (mean)": f"{statistics.fmean(r['run_wall_s'] for r in mine):.0f}"})
+    return rows
+
+
+def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        ratios = [r["budget_vs_lora"] for r in mine if r.get("budget_vs_lora") is not None]
+        adapters = [r["adapter_params"] for r in mine if r.get("adapter_params") is not None]
+        rows.append({"arm": arm, "trainable params (median)": int(statistics.median(r["trainable_params"] for r in mine)),
+                     "final adapter params (mean)": f"{statistics.fmean(adapters):.0f}" if adapters else "–",
+                     "vs uniform LoRA (mean, min-max)": f"{statistics.fmean(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                     if ratios else "–"})
+    return rows
+
+
+def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
+    """Every table and dots.png into `output`; returns report.md's text."""
+    from dynalora.bench.report_plots import dot_plot
+
+    records = read_records(records_path)
+    chosen = choose_lrs(records)
+    runs = counted_runs(records, chosen)
+    tasks = list(dict.fromkeys(r["task"] for r in sorted(runs, key=lambda r: r.get("tier", ""))))
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    cells = by_cell(runs)
+    output.mkdir(parents=True, exist_ok=True)
+    metric_note = "; ".join(f"{t}: {glue_metric_name(t)}" for t in tasks)
+    parts = [f"# Protocol report\n\nFrom {records_path} ({len(records)} records, {len(runs)} counted). "
+             f"Dev GLUE score x100 of the checkpoint chosen on the selection split ({metric_note}).\n"]
+    parts.append(write_table(table1(cells, tasks, arms), ["arm", *tasks, "GLUE average"], output / "table1",
+                             title="Table 1: dev GLUE score, mean ± std over seeds"))
+    if reference in arms:
+        note = (f"Each arm minus {reference}, seed by seed, in points; 95% t-interval over paired seeds; "
+                f"two-sided Wilcoxon signed-rank p (n < {MIN_WILCOXON}: n too small; at n = 5 the smallest "
+                "possible p is 0.0625).\n")
+        parts.append(write_table(
+            paired_rows(cells, tasks, arms, reference), ["arm", "task", "n", "mean difference", "95% CI", "Wilcoxon p"],
+            output / "paired", title=f"Paired differences against {reference}") + "\n" + note)
+    grid_tasks = sorted({t for e in chosen.values() for c in e["grid"].values() for t in c["tasks"]})
+    parts.append(write_table(lr_rows(chosen), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
+                             title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))
+    parts.append(write_table(convergence_rows(runs), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
+                                                      "stopped early", "best at last evaluation", "run time s (mean)"],
+                             output / "convergence", title="Convergence: runs whose best was their last "
+                             "evaluation may have stopped too soon"))
+    parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
+                                                       "vs uniform LoRA (mean, min-max)"], output / "budget",
+                             title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
+    dot_plot(runs, tasks, arms, output / "dots.png")
+    parts.append("![every seed per task](dots.png)\n")
+    text = "\n".join(parts)
+    with atomic_path(output / "report.md") as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def majority_line(runs: list[dict[str, Any]], task: str) -> float | None:
+    values = [r["majority_dev"] for r in runs if r["task"] == task and r.get("majority_dev") is not None]
+    return 100 * values[0] if values and not math.isnan(values[0]) else None

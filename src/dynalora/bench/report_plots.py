@@ -1,0 +1,66 @@
+"""dots.png: every seed's dev score per task and arm, so a reader sees the spread, not just a mean."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynalora.analysis.plots import save_figure
+
+
+def point_step(low: float, high: float) -> float:
+    """Minor tick spacing: 1 point, or coarser when the axis spans more than 40 points."""
+    for step in (1.0, 2.0, 5.0, 10.0):
+        if (high - low) / step <= 40:
+            return step
+    return 20.0
+
+
+def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], path: Path) -> Path:
+    """One panel per task: a dot per seed, a bar at each arm's mean, the majority-class line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MultipleLocator
+
+    from dynalora.bench.report import glue_metric_name, majority_line
+
+    cols = min(3, max(1, len(tasks)))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        values_seen = []
+        for x, arm in enumerate(arms):
+            mine = sorted((r for r in runs if r["task"] == task and r["arm"] == arm), key=lambda r: r["seed"])
+            ys = [100 * r["dev"]["glue"] for r in mine]
+            if not ys:
+                continue
+            values_seen += ys
+            offsets = np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else [0.0]
+            ax.scatter(x + np.asarray(offsets), ys, s=18, color="tab:blue", zorder=3)
+            ax.hlines(statistics.fmean(ys), x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=4)
+        majority = majority_line(runs, task)
+        if majority is not None:
+            ax.axhline(majority, color="tab:red", linestyle="--", linewidth=1, label="majority class")
+            values_seen.append(majority)
+        if values_seen:
+            low, high = min(values_seen), max(values_seen)
+            pad = max(1.0, 0.08 * (high - low))
+            ax.set_ylim(low - pad, high + pad)
+            ax.yaxis.set_minor_locator(MultipleLocator(point_step(low - pad, high + pad)))
+            ax.grid(axis="y", which="minor", color="0.9", linewidth=0.6)
+            ax.grid(axis="y", which="major", color="0.75", linewidth=0.8)
+        ax.set_xticks(range(len(arms)), arms, rotation=40, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.set_title(f"{task}: dev {glue_metric_name(task)}", fontsize=9)
+        ax.set_ylabel("dev GLUE score x100 (dot = seed, bar = mean)", fontsize=8)
+        if majority is not None:
+            ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle("Every seed per task and arm (checkpoint chosen on the selection split; grid lines every "
+                 "1 point where the range allows)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,56 @@
+"""Paired statistics over seeds: each arm minus the reference arm, seed by seed.
+
+Seed k gives every arm the same data order and head initialisation, so the difference of
+two arms at one seed removes the noise they share; the seeds are the sample. For n paired
+differences d: the mean, the 95% t-interval mean ± t(0.975, n-1) * sd / sqrt(n), and the
+two-sided Wilcoxon signed-rank p (exact for small n, as scipy computes it). With fewer than
+MIN_T pairs there is no interval; below MIN_WILCOXON pairs the smallest p the test can give
+is 2/2^n >= 0.125, so it is reported as "n too small" (at n=5 the floor is 0.0625: all five
+seeds on one side; the report says so).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy import stats
+
+MIN_T = 2
+MIN_WILCOXON = 5
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Paired:
+    n: int
+    mean: float
+    low: float  # NaN when n < MIN_T
+    high: float
+    wilcoxon_p: float  # NaN when n < MIN_WILCOXON
+
+    def interval_text(self, scale: float = 100.0, digits: int = 2) -> str:
+        if self.n < MIN_T:
+            return "n too small"
+        return f"[{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"
+
+    def p_text(self) -> str:
+        return "n too small" if self.n < MIN_WILCOXON else f"{self.wilcoxon_p:.3f}"
+
+
+def paired(differences: list[float]) -> Paired:
+    """Mean, 95% t-interval and Wilcoxon p of paired differences (arm minus reference)."""
+    d = [float(x) for x in differences]
+    n = len(d)
+    if n == 0:
+        return Paired(0, math.nan, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(d)
+    low = high = math.nan
+    if n >= MIN_T:
+        half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * statistics.stdev(d) / math.sqrt(n)
+        low, high = mean - half, mean + half
+    p = math.nan
+    if n >= MIN_WILCOXON:
+        p = 1.0 if all(x == 0 for x in d) else float(stats.wilcoxon(d).pvalue)
+    return Paired(n, mean, low, high, p)

@@ -1,0 +1,173 @@
+"""The comparison protocol: runs.jsonl records (atomic lines, torn last line), resuming and
+skipping recorded runs, the lr grid and its choice, paired statistics checked against scipy
+by hand, and the report rebuilt from hand-made records alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from scipy import stats
+from training_helpers import make_sst_dir, make_tiny_model
+
+from dynalora.bench import protocol_runner, protocol_worker
+from dynalora.bench.protocol import Arm, Protocol, Tier, choose_lrs, paper_protocol
+from dynalora.bench.records import append_record, read_records, run_key
+from dynalora.bench.report import write_report
+from dynalora.bench.stats import paired
+from dynalora.cli.main import main
+
+SHARED = {"epochs": 2.0, "min_epochs": 1.0, "early_stopping_patience": 1, "selection": "split", "batch_size": 8,
+          "rank": 4, "alpha": 8.0, "max_length": 16, "max_train_samples": None, "max_eval_samples": None,
+          "head_lr": 0.1, "head_dropout": 0.0}
+TINY = Protocol("tiny", {"lora": Arm("lora", "lora"), "bitfit": Arm("bitfit", "bitfit", None)},
+                (Tier("0", ("lora",), grid_tasks=("sst2",)), Tier("1", ("lora", "bitfit"), tasks=("sst2",), seeds=(0, 1))),
+                SHARED)
+
+
+class Finished:
+    """What `Pool.launch` returns, for a worker that already ran in this process."""
+
+    returncode = 0
+
+    def poll(self) -> int:
+        return 0
+
+    def terminate(self) -> None: ...
+
+    def wait(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    launched = []
+
+    def launch(self, folder):
+        job = json.loads((folder / "job.json").read_text())["record"]
+        launched.append((job["arm"], job["lr"], job["seed"]))
+        protocol_worker.main(str(folder))
+        return Finished()
+
+    monkeypatch.setattr(protocol_runner.Pool, "launch", launch)
+    monkeypatch.setattr(protocol_runner, "POLL_S", 0.0)
+    return launched
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocol")
+    return str(make_tiny_model(root / "model")), str(make_sst_dir(root / "glue", n_train=120))
+
+
+def run(tiny, records, workdir, tiers, arms=None):
+    model, data = tiny
+    return protocol_runner.run_protocol(TINY, tiers, records, workdir, arms=arms, data_dir=data, model=model)
+
+
+def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_process, capsys):
+    records = tmp_path / "runs.jsonl"
+    assert run(tiny, records, tmp_path / "w", ["0"], arms=["lora"]) == []
+    assert sorted(lr for _, lr, _ in in_process) == [0.0003, 0.001, 0.003]
+    first = read_records(records)
+    assert len(first) == 3 and {r["stage"] for r in first} == {"grid"}
+    record = first[0]
+    for field in ("task", "method", "targets", "seed", "lr", "method_options", "selection_score", "dev",
+                  "trainable_params", "wall_s", "epochs_run", "best_step", "command", "machine", "curve"):
+        assert field in record, field
+    assert record["command"].startswith("dynalora train --task sst2 --method lora --seed 0 --lr ")
+    assert "--selection split" in record["command"] and set(record["dev"]) >= {"glue", "accuracy"}
+    chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
+    best = max(first, key=lambda r: (r["selection_score"], -r["lr"]))
+    assert chosen["lr"] == best["lr"]
+
+    with open(records, "a") as handle:  # a run killed while its line was being written
+        handle.write('{"task": "sst2", "method": "lo')
+    in_process.clear()
+    with pytest.warns(UserWarning, match="unreadable"):
+        run(tiny, records, tmp_path / "w", ["0", "1"])
+    # tier 0 was done; tier 1 reuses the grid run at the chosen lr for lora seed 0, and bitfit,
+    # whose lr grid never ran, waits instead of running at an untuned lr
+    assert in_process == [("lora", chosen["lr"], 1)]
+    assert "no lr chosen yet for bitfit" in capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        final = read_records(records)
+    assert len(final) == 4 and len({run_key(r) for r in final}) == 4
+    in_process.clear()
+    with pytest.warns(UserWarning):
+        run(tiny, records, tmp_path / "w", ["0", "1"])
+    assert in_process == []  # everything recorded: nothing runs
+    assert "2 runs left" in capsys.readouterr().out  # bitfit's two, still waiting
+
+
+def test_records_append_whole_lines_after_a_torn_one(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    base = {"task": "mrpc", "method": "lora", "targets": "all-linear", "lr": 1e-3, "method_options": {},
+            "settings": {}}
+    append_record(path, {**base, "seed": 0})
+    path.write_text(path.read_text() + '{"task": "mrpc", "se')  # torn
+    append_record(path, {**base, "seed": 1})
+    with pytest.warns(UserWarning, match="1 unreadable"):
+        assert [r["seed"] for r in read_records(path)] == [0, 1]
+    assert run_key({**base, "seed": 1, "lr": 0.001}) == run_key({**base, "seed": 1, "lr": 1e-3})
+
+
+def test_paired_statistics_match_scipy_by_hand():
+    d = [0.010, 0.025, -0.005, 0.030, 0.015, 0.020]
+    n, mean, sd = len(d), sum(d) / len(d), statistics.stdev(d)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    result = paired(d)
+    assert result.n == 6 and result.mean == pytest.approx(0.0158333, abs=1e-6)
+    assert (result.low, result.high) == pytest.approx((mean - half, mean + half))
+    # Wilcoxon by hand: ranks of |d| are 2,5,1,6,3,4; the one negative has rank 1 -> W = 1;
+    # exact two-sided p = 2 * P(W <= 1) = 2 * 2 / 2^6
+    assert result.wilcoxon_p == pytest.approx(4 / 64)
+    assert paired(d[:4]).p_text() == "n too small" and paired(d[:1]).interval_text() == "n too small"
+
+
+def hand_record(task, arm, seed, dev, lr=1e-3, stage="seeds", selection=0.8):
+    return {"task": task, "arm": arm, "method": arm, "targets": "all-linear", "seed": seed, "lr": lr,
+            "method_options": {}, "settings": {}, "stage": stage, "tier": "1", "selection_score": selection,
+            "dev": {"glue": dev}, "majority_dev": 0.5, "trainable_params": 100, "adapter_params": 90,
+            "budget_vs_lora": 1.0, "run_wall_s": 10.0, "epochs_run": 4.0, "best_epoch": 3.0,
+            "stopped_early": True, "curve": [[1.0, 0.7], [4.0, 0.8]]}
+
+
+def test_report_is_rebuilt_from_the_records_alone(tmp_path):
+    recs = [hand_record("mrpc", arm, 0, 0.7, lr=lr, stage="grid", selection=sel)
+            for arm, lr, sel in (("lora", 1e-3, 0.81), ("lora", 3e-3, 0.80), ("dora", 1e-3, 0.70), ("dora", 3e-3, 0.75))]
+    recs[0]["dev"]["glue"], recs[3]["dev"]["glue"] = 0.80, 0.78  # the chosen grid runs are seed 0
+    lora = [0.80, 0.82, 0.79, 0.81, 0.83]
+    dora = [0.78, 0.83, 0.80, 0.84, 0.85]
+    recs += [hand_record("mrpc", "lora", s, v) for s, v in enumerate(lora) if s]
+    recs += [hand_record("mrpc", "dora", s, v, lr=3e-3) for s, v in enumerate(dora) if s]
+    recs.append(hand_record("mrpc", "lora", 1, 0.10, lr=3e-3))  # not at the chosen lr: left out
+    path = tmp_path / "runs.jsonl"
+    for r in recs:
+        append_record(path, r)
+    assert {a: c["lr"] for a, c in choose_lrs(recs).items()} == {"lora": 1e-3, "dora": 3e-3}
+    text = write_report(path, tmp_path / "report")
+    table = (tmp_path / "report" / "table1.csv").read_text()
+    assert f"{100 * statistics.fmean(lora):.2f} ± {100 * statistics.stdev(lora):.2f} (n=5)" in table
+    diffs = [b - a for a, b in zip(lora, dora)]
+    expected = paired(diffs)
+    row = (tmp_path / "report" / "paired.csv").read_text().splitlines()[1]
+    assert row.startswith(f"dora,mrpc,5,{100 * expected.mean:+.2f},") and f"{expected.wilcoxon_p:.3f}" in row
+    assert "| lora | 0.003 |  | 80.00 | 80.00 |" in text
+    assert (tmp_path / "report" / "dots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paper_protocol_plan_and_cli(tmp_path, capsys):
+    protocol = paper_protocol()
+    assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "3", "sst2"]
+    tier1 = protocol.tier("1")
+    assert len(tier1.arms) * len(tier1.tasks) * len(tier1.seeds) == 60
+    assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
+                 "--records", str(tmp_path / "runs.jsonl")]) == 0
+    assert "12 runs left" in capsys.readouterr().out
+    assert main(["bench", "--profile", "paper", "--tasks", "mrpc", "--records", str(tmp_path / "r.jsonl")]) == 2
+    assert "--tasks: not used by --profile paper" in capsys.readouterr().err
+    assert main(["bench", "report", "--records", str(tmp_path / "missing.jsonl")]) == 2
+    assert "records file not found" in capsys.readouterr().err
