@@ -171,3 +171,30 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     assert "--tasks: not used by --profile paper" in capsys.readouterr().err
     assert main(["bench", "report", "--records", str(tmp_path / "missing.jsonl")]) == 2
     assert "records file not found" in capsys.readouterr().err
+
+
+def test_timing_interleaves_rounds_and_tables_the_median(tiny, tmp_path):
+    from dynalora.bench.timing import measure_arm, run_timing
+
+    model, data = tiny
+    order = []
+
+    def in_process(spec, threads):
+        order.append(spec["arm"])
+        return measure_arm(spec)
+
+    text = run_timing(["lora", "bitfit"], "sst2", repeats=2, steps=2, threads=1, data_dir=data, model=model,
+                      output=tmp_path, runner=in_process)
+    assert order == ["lora", "bitfit", "bitfit", "lora"]  # round 2 starts with the other arm
+    rounds = [json.loads(line) for line in (tmp_path / "timing.jsonl").read_text().splitlines()]
+    lora = sorted(r["s_per_step"] for r in rounds if r["arm"] == "lora")
+    row = next(r for r in csv_rows(tmp_path / "table2.csv") if r["arm"] == "lora")
+    assert float(row["s_per_step"]) == pytest.approx(statistics.median(lora), rel=1e-3)
+    assert row["merged"] == "yes" and "Table 2" in text
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

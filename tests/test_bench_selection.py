@@ -109,9 +109,9 @@ def test_a_split_run_chooses_on_selection_and_touches_dev_once_at_the_end(tiny, 
 
 
 def test_adalora_singular_values_get_no_weight_decay_and_a_moderate_orth_penalty(tiny, tmp_path):
-    from dynalora.bench.peft_methods import ORTH_REG_WEIGHT, adalora_horizon
     from dynalora.training.classifier import build_classifier
     from dynalora.training.methods import get_method
+    from dynalora.training.peft_methods import ORTH_REG_WEIGHT, adalora_horizon
 
     model, data = tiny
     config = tiny_config(model, data, tmp_path, method="peft-adalora", target_modules="all-linear",

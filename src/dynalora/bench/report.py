@@ -17,6 +17,7 @@ from typing import Any
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import choose_lrs
 from dynalora.bench.records import lr_text, read_records
+from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
@@ -140,8 +141,6 @@ def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, A
 
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
     """Every table and dots.png into `output`; returns report.md's text."""
-    from dynalora.bench.report_plots import dot_plot
-
     records = read_records(records_path)
     chosen = choose_lrs(records)
     runs = counted_runs(records, chosen)
@@ -171,7 +170,8 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)"], output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
-    dot_plot(runs, tasks, arms, output / "dots.png")
+    dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
+             output / "dots.png")
     parts.append("![every seed per task](dots.png)\n")
     text = "\n".join(parts)
     with atomic_path(output / "report.md") as tmp:

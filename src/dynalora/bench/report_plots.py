@@ -20,12 +20,12 @@ def point_step(low: float, high: float) -> float:
     return 20.0
 
 
-def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], path: Path) -> Path:
-    """One panel per task: a dot per seed, a bar at each arm's mean, the majority-class line."""
+def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], metric_names: dict[str, str],
+             majority: dict[str, float | None], path: Path) -> Path:
+    """One panel per task: a dot per seed, a bar at each arm's mean, the majority-class line
+    (`majority[task]`, in points; None: no line)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MultipleLocator
-
-    from dynalora.bench.report import glue_metric_name, majority_line
 
     cols = min(3, max(1, len(tasks)))
     rows = math.ceil(len(tasks) / cols)
@@ -41,10 +41,10 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], path
             offsets = np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else [0.0]
             ax.scatter(x + np.asarray(offsets), ys, s=18, color="tab:blue", zorder=3)
             ax.hlines(statistics.fmean(ys), x - 0.3, x + 0.3, color="black", linewidth=1.5, zorder=4)
-        majority = majority_line(runs, task)
-        if majority is not None:
-            ax.axhline(majority, color="tab:red", linestyle="--", linewidth=1, label="majority class")
-            values_seen.append(majority)
+        line = majority.get(task)
+        if line is not None:
+            ax.axhline(line, color="tab:red", linestyle="--", linewidth=1, label="majority class")
+            values_seen.append(line)
         if values_seen:
             low, high = min(values_seen), max(values_seen)
             pad = max(1.0, 0.08 * (high - low))
@@ -54,9 +54,9 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], path
             ax.grid(axis="y", which="major", color="0.75", linewidth=0.8)
         ax.set_xticks(range(len(arms)), arms, rotation=40, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(arms) - 0.4)
-        ax.set_title(f"{task}: dev {glue_metric_name(task)}", fontsize=9)
+        ax.set_title(f"{task}: dev {metric_names[task]}", fontsize=9)
         ax.set_ylabel("dev GLUE score x100 (dot = seed, bar = mean)", fontsize=8)
-        if majority is not None:
+        if line is not None:
             ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")

@@ -1,0 +1,114 @@
+"""Table 2 of the protocol: `dynalora bench timing`, cost figures measured apart from the runs.
+
+The protocol's runs share the machine with whatever else runs, so their wall times say more
+about the load than about the methods. Here every arm is timed in its own fresh process
+(its peak memory is its own), in rounds: round k times every arm once, in an order rotated
+by k, so a burst of load hits every arm alike and no arm is always first. Per arm and round:
+seconds per training step (a short run of `steps` optimizer steps on the task's first
+batches, evaluation excluded), inference latency at batch 1 and 32 on the merged model (see
+`dynalora.bench.measure`), trainable share and peak resident memory. The table gives the
+median over rounds. Each round's figures go to timing.jsonl, so the table can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dynalora.analysis.tables import write_table
+from dynalora.bench.protocol import paper_protocol
+
+DEFAULT_ARMS = ("lora", "dynamic", "peft-adalora", "lora-qv", "rank1", "full", "head", "adapter", "bitfit")
+FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb")
+
+
+def measure_arm(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train `spec['steps']` steps of one arm and time it (runs in the child process)."""
+    from dynalora.bench.measure import latency_ms, latency_seq_len, merge_for_inference, peak_rss_bytes
+    from dynalora.training import TrainConfig, load_trained, train
+
+    config = TrainConfig(**spec["train"])
+    metrics = train(config)
+    model, _, _ = load_trained(config.output)
+    model, merged = merge_for_inference(model)
+    seq = latency_seq_len(model, config.max_length)
+    return {"arm": spec["arm"], "round": spec["round"], "s_per_step": metrics["train_wall_s"] / metrics["steps"],
+            "latency_b1_ms": latency_ms(model, 1, seq, 20), "latency_b32_ms": latency_ms(model, 32, seq, 5),
+            "trainable_share_pct": 100 * metrics["trainable_params"] / metrics["total_params"],
+            "trainable_params": metrics["trainable_params"], "merged": merged,
+            "peak_rss_mb": peak_rss_bytes() / 2**20, "steps": metrics["steps"], "seq_len": seq}
+
+
+def arm_spec(name: str, task: str, steps: int, data_dir: str | None, model: str | None, folder: Path) -> dict[str, Any]:
+    arm = paper_protocol().arm(name)
+    shared = paper_protocol().shared
+    train = {"task": task, "method": arm.method, "target_modules": arm.targets_value(),
+             "method_options": dict(arm.method_options), "data_dir": data_dir, "model": model,
+             "output": str(folder), "epochs": 1.0, "batch_size": shared["batch_size"], "rank": shared["rank"],
+             "alpha": shared["alpha"], "max_length": shared["max_length"],
+             "max_train_samples": steps * shared["batch_size"], "max_eval_samples": 64, "progress": False}
+    return {"arm": name, "train": train}
+
+
+def run_child(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    folder = Path(spec["train"]["output"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "timing_spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "dynalora.bench.timing", str(folder / "timing_spec.json")],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"timing of {spec['arm']} failed (exit {done.returncode}): {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table2_rows(rounds: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for arm in arms:
+        mine = [r for r in rounds if r["arm"] == arm]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"arm": arm, "rounds": len(mine), "merged": mine[0]["merged"],
+                               "trainable params": mine[0]["trainable_params"]}
+        for key in FIGURES:
+            row[key] = statistics.median(r[key] for r in mine)
+        rows.append(row)
+    return rows
+
+
+def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, threads: int,
+               data_dir: str | None, model: str | None, output: Path, runner: Any = run_child) -> str:
+    """Time every arm in interleaved rounds; write timing.jsonl and table2.{csv,md}; return the Markdown."""
+    arms = list(arms or DEFAULT_ARMS)
+    for name in arms:
+        paper_protocol().arm(name)  # unknown arm: one-line error before anything runs
+    output.mkdir(parents=True, exist_ok=True)
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="dynalora-timing-") as scratch:
+        for k in range(repeats):
+            shift = k % len(arms)
+            for name in arms[shift:] + arms[:shift]:
+                spec = arm_spec(name, task, steps, data_dir, model, Path(scratch) / f"{name}-{k}")
+                rounds.append(runner({**spec, "round": k}, threads))
+                print(f"round {k + 1}/{repeats} {name}: {rounds[-1]['s_per_step']:.3f} s/step", flush=True)
+    from dynalora.files import atomic_path
+
+    with atomic_path(output / "timing.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    return write_table(table2_rows(rounds, arms), ["arm", "rounds", *FIGURES, "trainable params", "merged"],
+                       output / "table2", title=f"Table 2: cost per arm ({task}, median of {repeats} interleaved "
+                       f"rounds, {threads} thread(s); s_per_step over {steps} steps of batch 32)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m dynalora.bench.timing SPEC.json")
+    print(json.dumps(measure_arm(json.loads(Path(sys.argv[1]).read_text()))))
