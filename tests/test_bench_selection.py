@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,15 @@ def test_adalora_singular_values_get_no_weight_decay_and_a_moderate_orth_penalty
     factors = [p for n, p in prepared.model.named_parameters() if ".lora_A." in n]
     assert singular and not any(id(p) in decayed for p in singular)
     assert all(id(p) in decayed for p in factors)
+
+
+REAL_GLUE = Path("/work/shared/data/glue")
+
+
+@pytest.mark.skipif(not (REAL_GLUE / "MRPC").is_dir(), reason="real GLUE data not on this machine")
+def test_real_mrpc_selection_split_sizes_and_no_dev_sentence():
+    full = load_split("mrpc", "train", REAL_GLUE)
+    rest, chosen = split_for_selection(full, regression=False)
+    dev = {e.texts for e in load_split("mrpc", "dev", REAL_GLUE)}
+    assert (len(rest), len(chosen)) == (3118, 550) and not {e.texts for e in chosen} & dev
+    assert Counter(e.label for e in chosen)[1] == round(550 * 2474 / 3668)

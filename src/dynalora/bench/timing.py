@@ -30,7 +30,12 @@ FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct
 
 def measure_arm(spec: dict[str, Any]) -> dict[str, Any]:
     """Train `spec['steps']` steps of one arm and time it (runs in the child process)."""
-    from dynalora.bench.measure import latency_ms, latency_seq_len, merge_for_inference, peak_rss_bytes
+    from dynalora.bench.measure import (
+        latency_ms,
+        latency_seq_len,
+        merge_for_inference,
+        peak_rss_bytes,
+    )
     from dynalora.training import TrainConfig, load_trained, train
 
     config = TrainConfig(**spec["train"])
