@@ -45,14 +45,18 @@ def add_parser(subparsers: Any) -> None:
                     "at batch 1 and 32, trainable share, peak memory) as CSV and Markdown, and PNG plots "
                     "into --output. Finished runs are cached under OUTPUT/runs: rerunning the same "
                     "command resumes, and only runs whose settings changed train again. Exits with "
-                    "status 1 when a run failed (the others still finish; see bench.json).")
+                    "status 1 when a run failed (the others still finish; see bench.json). --profile paper "
+                    "runs the comparison protocol instead (docs/results/paper/PROTOCOL.md): tiers of runs "
+                    "chosen on a selection split, one line per finished run in --records, skipped when "
+                    "recorded; `dynalora bench report` builds its tables.")
     parser.add_argument("--profile", default="quick", choices=[*PROFILES, "paper"], metavar="NAME",
                         help=f"preset of tasks, seeds and data sizes; {describe_profiles()}; paper: the "
                              "tiered comparison protocol, see --tier (default: quick)")
     parser.add_argument("--tasks", nargs="+", metavar="TASK",
                         help="GLUE tasks to run, e.g. mrpc sst2 rte (default: the profile's)")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help=f"methods to compare, of {' '.join(ALL_METHODS)} (default: all of them)")
+                        help=f"methods to compare, of {' '.join(ALL_METHODS)} (default: all of them); "
+                             "with --profile paper: arms to run, e.g. lora peft-adalora (default: every arm)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                         help="random seeds; every (task, method) runs once per seed (default: the profile's)")
     parser.add_argument("--data-dir", metavar="DIR",
@@ -75,7 +79,9 @@ def add_parser(subparsers: Any) -> None:
                         help="stop at the first failed run instead of reporting it and going on")
     add_protocol_flags(parser)
     parser.set_defaults(func=run)
-    commands = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=type(parser))
+    commands = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=type(parser),
+                                     help="report: the protocol's tables and plots from runs.jsonl; timing: "
+                                          "its Table 2 (leave out to run a profile)")
     add_report_parser(commands)
     add_timing_parser(commands)
 
