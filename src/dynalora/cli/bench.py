@@ -55,8 +55,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--tasks", nargs="+", metavar="TASK",
                         help="GLUE tasks to run, e.g. mrpc sst2 rte (default: the profile's)")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help=f"methods to compare, of {' '.join(ALL_METHODS)} (default: all of them); "
-                             "with --profile paper: arms to run, e.g. lora peft-adalora (default: every arm)")
+                        help=f"methods to compare, of {' '.join(ALL_METHODS)} (with --profile paper: "
+                             "arms, e.g. lora peft-adalora) (default: all of them)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                         help="random seeds; every (task, method) runs once per seed (default: the profile's)")
     parser.add_argument("--data-dir", metavar="DIR",
