@@ -70,3 +70,15 @@ def test_subspace_panel_titles_do_not_overlap(tmp_path, monkeypatch) -> None:
         # no other panel (its image, tick labels or title) under this panel's title
         assert not any(title.overlaps(other.get_tightbbox(renderer)) for j, other in enumerate(panels) if j != i)
     plt.close(fig)
+
+
+def test_a_rank1_run_draws_its_gates(tiny_model_dir, tiny_glue_dir, tmp_path) -> None:
+    from PIL import Image
+    from training_helpers import tiny_config
+
+    from dynalora.training import train
+
+    train(tiny_config(tiny_model_dir, tiny_glue_dir, tmp_path, method="rank1", epochs=1.0))
+    assert (tmp_path / "gates.png").is_file()
+    width, height = Image.open(tmp_path / "gates.png").size
+    assert width < 2000 and height < 1000  # 4 layers of at most 8 components: a small figure

@@ -71,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(chosen_command(argv)).parse_args(argv)
     from dynalora.quiet import one_line_warning
-
-    warnings.formatwarning = one_line_warning  # a user reads the warning, not our source line
     from dynalora.training import TrainingDiverged
 
+    # A user reads the warning, not our source line; restored after, for in-process callers.
+    formatwarning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         return int(args.func(args) or 0)
     except user_errors() as err:
@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dynalora {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def one_line(err: BaseException) -> str:

@@ -90,6 +90,12 @@ class AllocationHook(StepHook):
         write_json(folder / "allocation.json", _jsonable(self.controller.history))
         if self.controller.history:  # a run too short to reallocate has nothing to plot
             self.controller.plot(folder / "allocation.png")
+        gates = {n: a.gate.detach().cpu().numpy() for n, a in self.controller.adapters.items()
+                 if a.gate is not None and a.r}
+        if gates:  # Rank-1 Sum LoRA: which rank-1 components kept weight, which were pruned
+            from dynalora.training.report import gate_heatmap
+
+            gate_heatmap(gates, folder / "gates.png", "Rank-1 Sum LoRA: |gate| per component after training")
 
 
 def _jsonable(value: Any) -> Any:

@@ -115,3 +115,31 @@ def curves_figure(records: list[dict[str, Any]], metric: str, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def gate_heatmap(gates: dict[str, Any], path: Path, title: str) -> None:
+    """Rank-1 Sum LoRA's gates after training: a row per layer, its |gate| per rank-1 component
+    from largest to smallest; blank cells are components pruned away (the layer has fewer)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(gates)
+    width = max(len(g) for g in gates.values())
+    grid = np.full((len(names), width), np.nan)
+    for row, name in enumerate(names):
+        values = np.sort(np.abs(np.asarray(gates[name], dtype=float)))[::-1]
+        grid[row, : len(values)] = values
+    fig = Figure(figsize=(max(5.0, 0.45 * width + 3.0), 1.4 + 0.28 * len(names)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    labels = [f"{'.'.join(p for p in n.split('.') if p.isdigit())}.{n.rsplit('.', 1)[-1]} (r={len(gates[n])})"
+              for n in names]
+    ax.set_yticks(range(len(names)), labels, fontsize=7)
+    ax.set_xticks(range(width), [str(i + 1) for i in range(width)], fontsize=7)
+    ax.set_xlabel("rank-1 component, by |gate| (blank: pruned)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="|gate|")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
