@@ -166,7 +166,13 @@ def test_generation_is_judged_before_and_after_and_the_baseline_can_be_reused(tm
     assert len(calls) == 1  # only the "after" side was generated
     assert [s["before"] for s in read_samples(tmp_path / "again")] == [s["before"] for s in samples]
     assert again["generation"]["before"] == judged["before"]
-    with pytest.raises(ValueError, match="same held-out prompts"):
+    calls.clear()
+    # answers for other prompts are refused before any training
+    with pytest.raises(ConfigError, match=r"baseline_samples: .*same held-out prompts"):
         train_sft(config(data, tmp_path / "other", generation_samples=10, seed=3,
                          baseline_samples=str(out / "samples.jsonl"), eval_data=None),
+                  model=tiny_llama(), tokenizer=tiny_chat_tokenizer())
+    assert not (tmp_path / "other" / "metrics.json").exists() and not calls
+    with pytest.raises(ConfigError, match=r"baseline_samples: .*cannot read"):
+        train_sft(config(data, tmp_path / "none", baseline_samples=str(tmp_path / "missing.jsonl")),
                   model=tiny_llama(), tokenizer=tiny_chat_tokenizer())

@@ -33,19 +33,17 @@ SIDES = ("before", "after")
 
 def answer_before_and_after(wrapper: DynaLoraModel, tokenizer: Any, records: Sequence[SftRecord],
                             settings: GenerationSettings, batch_size: int,
-                            baseline: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                            before: Sequence[Generation] | None = None) -> list[dict[str, Any]]:
     """Answers of the base model and of the active adapter to each record's prompt.
 
     Each sample holds where/prompt/response/before/after, and per side `<side>_stop` (eos,
     stop or length), `<side>_tokens` and `<side>_loops`; when every record has a `####`
     reference, also reference_answer and, per side, `<side>_answer` and `<side>_correct`.
-    `baseline` (the samples of an earlier run on the same prompts with the same generation
-    settings) supplies the "before" side instead of generating it again.
+    `before` (the base model's answers from an earlier run on the same prompts with the same
+    generation settings, see `reuse_before`) is used instead of generating that side again.
     """
     contexts = [r.context() for r in records]
-    if baseline is not None:
-        before = reuse_before(baseline, records)
-    else:
+    if before is None:
         with wrapper.disable_adapters():
             before = generate_many(wrapper, tokenizer, contexts, settings, batch_size)
     outputs = {"before": before, "after": generate_many(wrapper, tokenizer, contexts, settings, batch_size)}
@@ -68,7 +66,11 @@ def reuse_before(baseline: Sequence[dict[str, Any]], records: Sequence[SftRecord
     """The "before" answers of earlier samples, which must be for the same prompts in order."""
     if len(baseline) < len(records) or any(b.get("prompt") != r.prompt for b, r in zip(baseline, records)):
         raise ValueError("baseline samples are not for the same held-out prompts (same data, seed and order)")
-    return [Generation(b["before"], b["before_stop"], b["before_tokens"]) for b in baseline[: len(records)]]
+    try:
+        return [Generation(b["before"], b["before_stop"], b["before_tokens"]) for b in baseline[: len(records)]]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"baseline samples lack the field {err} (write them with `dynalora sft` or "
+                         "benchmarks/sft_generation.py)") from None
 
 
 def generations(samples: Sequence[dict[str, Any]], side: str) -> list[Generation]:

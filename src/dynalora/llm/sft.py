@@ -30,7 +30,7 @@ from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
 from dynalora.files import write_json
 from dynalora.llm.evaluate import is_gsm8k_style
-from dynalora.llm.generate import GenerationSettings
+from dynalora.llm.generate import Generation, GenerationSettings
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
 from dynalora.llm.objective import LanguageModelObjective
 from dynalora.llm.report import (
@@ -40,6 +40,7 @@ from dynalora.llm.report import (
     exact_match,
     judge,
     read_samples,
+    reuse_before,
     write_report,
     write_samples,
 )
@@ -170,18 +171,27 @@ def report_records(config: SftConfig, evaluation: list[SftRecord]) -> tuple[list
     return records, min(scored, len(records))
 
 
+def baseline_answers(config: SftConfig, records: list[SftRecord]) -> list[Generation] | None:
+    """The base model's answers reused from --baseline-samples, checked before any training."""
+    if not config.baseline_samples:
+        return None
+    try:
+        return reuse_before(read_samples(config.baseline_samples), records)
+    except ValueError as err:
+        raise ConfigError(f"baseline_samples: {err}") from None
+
+
 def answer_with_saved_adapter(prepared: Any, folder: Path, tokenizer: Any, records: list[SftRecord],
-                              config: SftConfig) -> list[dict[str, Any]]:
+                              config: SftConfig, before: list[Generation] | None) -> list[dict[str, Any]]:
     """Base-model and saved-adapter answers (the saved adapter is the best evaluation, which
     need not be the last step's state: it is loaded back beside the trained one for this)."""
     wrapper = prepared.wrapper
     trained = wrapper.active_adapter
     wrapper.load_adapter(folder, BEST_ADAPTER)
     wrapper.set_adapter(BEST_ADAPTER)
-    baseline = read_samples(config.baseline_samples) if config.baseline_samples else None
     try:
         return answer_before_and_after(wrapper, tokenizer, records, config.generation_settings(),
-                                       config.eval_batch_size, baseline)
+                                       config.eval_batch_size, before)
     finally:
         wrapper.set_adapter(trained)
         wrapper.delete_adapter(BEST_ADAPTER)
@@ -208,6 +218,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     seed_everything(config.seed)
     train_records, eval_records = split_records(config)
     sample_records, n_scored = report_records(config, eval_records)
+    before = baseline_answers(config, sample_records)
     if model is None or tokenizer is None:
         model, tokenizer = load_causal_lm(config.model)
     source = config.model or getattr(model, "dynalora_source", None) or PACKAGED
@@ -243,7 +254,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     }
     out = Path(config.output)
     publish_report(out, metrics, outcome, title=f"SFT: {config.method} on {portable_name(source)}")
-    samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config) if sample_records else []
+    samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config, before) if sample_records else []
     if samples:
         write_samples(out / SAMPLES_FILE, samples)
     if n_scored:
