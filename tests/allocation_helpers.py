@@ -78,3 +78,43 @@ def run_steps(model: nn.Module, controller, optimizer, batches: list[dict], accu
 def split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     size = next(iter(batch.values())).shape[0] // parts
     return [{k: v[j * size:(j + 1) * size] for k, v in batch.items()} for j in range(parts)]
+
+
+class ParallelToy(nn.Module):
+    """Layers l0..l{n-1} read the same input; layer i's output enters the loss times `uses[i]`.
+
+    Each layer has its own teacher target, so a layer with use 0 cannot lower the loss and
+    two layers with equal uses and equal base weights (`same_base`) face identical problems.
+    """
+
+    def __init__(self, uses: list[float], d: int = 16, same_base: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in uses)
+        if same_base:
+            for layer in self.layers[1:]:
+                layer.load_state_dict(self.layers[0].state_dict())
+        self.uses = list(uses)
+        self.teacher = torch.randn(d, d) / d**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = x @ self.teacher.T
+        return sum(u * ((layer(x) - target) ** 2).mean() for u, layer in zip(self.uses, self.layers))
+
+
+def toy_training(model: nn.Module, config, steps: int, lr: float = 1e-2, seed: int = 0, batch: int = 64,
+                 d: int = 16):
+    """`steps` AdamW steps on fresh Gaussian inputs with the controller; returns (model, controller, opt)."""
+    from dynalora import get_lora_model
+    from dynalora.allocation import AllocationController
+
+    wrapped = get_lora_model(model, config)
+    opt = torch.optim.AdamW(trainable(wrapped), lr=lr)
+    controller = AllocationController(wrapped, opt, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        wrapped(torch.randn(batch, d, generator=gen)).backward()
+        opt.step()
+        controller.after_optimizer_step()
+        opt.zero_grad()
+    return wrapped, controller, opt

@@ -2,9 +2,16 @@
 
 import pytest
 import torch
-from allocation_helpers import TwoLayerToy, optimizer_matches_model, trainable
+from allocation_helpers import (
+    TwoLayerToy,
+    bert_batches,
+    optimizer_matches_model,
+    quiet_bert,
+    trainable,
+)
 
 from dynalora import get_lora_model
+from dynalora.adapters.layer import pooling_mask
 from dynalora.allocation import AllocationController, Rank1LoraConfig
 from dynalora.allocation.gates import soft_threshold_
 
@@ -28,8 +35,9 @@ def steps(model, opt, controller, n, seed=0):
 
 
 def test_l1_drives_useless_gates_to_exactly_zero_and_pruning_removes_them():
+    # No budget beyond the zero gates (keep_fraction=1), ranked by gate: the L1 alone prunes.
     config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=1.0, prune_start=10, prune_end=40,
-                             prune_every=10)
+                             prune_every=10, keep_fraction=1.0, prune_by="gate")
     model, opt, controller = toy(config)
     adapters = model.adapter_modules()
     steps(model, opt, controller, 35)
@@ -86,7 +94,7 @@ def test_input_conditional_gates_prune_by_sensitivity_but_never_merge():
 
 def test_rank1_state_round_trip_resizes_first():
     config = Rank1LoraConfig(r=4, target_modules=["a", "b"], l1=1.0, prune_start=10, prune_end=40,
-                             prune_every=10)
+                             prune_every=10, keep_fraction=1.0)
     model, opt, controller = toy(config)
     steps(model, opt, controller, 40)
     state, weights = controller.state_dict(), model.state_dict()
@@ -121,3 +129,65 @@ def test_overflowed_gradients_leave_component_sensitivity_finite():
     opt.zero_grad()
     assert torch.allclose(controller.sensitivity["a"], before["a"], rtol=1e-6)
     assert all(bool(torch.isfinite(s).all()) for s in controller.sensitivity.values())
+
+
+def test_default_settings_prune_the_useless_half():
+    # a reaches the loss, b does not: half of the 8 components are useless.
+    model = get_lora_model(TwoLayerToy(use_b=False), Rank1LoraConfig(r=4, target_modules=["a", "b"]))
+    opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+    controller = AllocationController(model, opt, total_steps=60)
+    records = steps(model, opt, controller, 60)
+    assert controller.budget == 4 and records[-1]["components"] == 4
+    assert model.ranks() == {"a": 4, "b": 0}
+    summary = controller.summary()
+    assert summary["initial_components"] == 8 and summary["components"] == 4
+    assert summary["ranks_by_type"]["b"]["total"] == 0
+
+
+def test_l1_threshold_ignores_the_learning_rate_schedule():
+    config = Rank1LoraConfig(r=3, target_modules=["a", "b"], l1=2.0, prune_start=100, prune_end=100,
+                             prune_every=1)
+    model, opt, controller = toy(config, lr=0.01)
+    # The schedule has scaled the learning rate down 100x: the L1 step still uses the initial lr.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    gate = model.adapter_modules()["b"].gate
+    steps(model, opt, controller, 1)
+    assert torch.allclose(gate.detach(), torch.full((3,), 1 - 0.01 * 2.0))
+    scheduler.step()
+
+
+def input_gated_bert():
+    model = get_lora_model(quiet_bert(), Rank1LoraConfig(r=4, gating="input", modules_to_save=["classifier"]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for adapter in model.adapter_modules().values():
+            adapter.lora_B.normal_(generator=gen)
+            adapter.gate_proj.weight.normal_(generator=gen)  # gates that depend on the input
+            adapter.gate_proj.bias.zero_()
+    return model.eval()
+
+
+def test_input_gated_output_does_not_depend_on_padding():
+    model = input_gated_bert()
+    batch = bert_batches(1, batch=3, seq=10)[0]
+    batch["attention_mask"][1, 7:] = 0  # one example already padded
+    padded = {k: torch.cat([v, torch.zeros(3, 20, dtype=v.dtype)], dim=1)
+              for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    # Each gate pools over real tokens only: bit for bit the same with or without padding.
+    adapter = model.adapter_modules()["bert.encoder.layer.0.attention.self.query"]
+    x = torch.randn(3, 10, 32)
+    x_padded = torch.cat([x, torch.randn(3, 20, 32)], dim=1)
+    with pooling_mask([adapter], batch["attention_mask"]):
+        short = adapter(x)
+    with pooling_mask([adapter], padded["attention_mask"]):
+        long = adapter(x_padded)
+    assert torch.equal(short, long[:, :10]) and adapter.pool_mask is None
+    with torch.no_grad():
+        ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        theirs = model(**padded).logits
+        # The base model alone (no mask handed to the gates) pools over padding: visibly different.
+        unmasked = model.base_model(**padded).logits
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert (unmasked - ours).abs().max() > 1e-4
+    assert all(a.pool_mask is None for a in model.adapter_modules().values())  # cleared after the call

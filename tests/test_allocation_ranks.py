@@ -14,6 +14,7 @@ from dynalora.allocation import (
     clamp_to_mean_one,
     project_to_budget,
     rank_scores,
+    settle_ranks,
     uniform_budget,
 )
 
@@ -128,6 +129,11 @@ def test_rank_scores_variance_and_gamma():
     ({"tau": "1e-4"}, "tau"),  # YAML reads 1e-4 without a dot as a string
     ({"lambda_b": None}, "lambda_b"),
     ({"r_min": True}, "r_min"),
+    ({"importance": "grad"}, "importance"),
+    ({"weight_mode": "both"}, "weight_mode"),
+    ({"hysteresis": -1}, "hysteresis"),
+    ({"reallocations": 0}, "reallocations"),
+    ({"grow_state": "random"}, "grow_state"),
 ])
 def test_dynamic_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}="):
@@ -141,6 +147,7 @@ def test_dynamic_config_errors_name_the_field(kwargs, field):
     ({"budget": -1}, "budget"),
     ({"prune_every": 0}, "prune_every"),
     ({"l1": "0.01"}, "l1"),
+    ({"keep_fraction": 0.0}, "keep_fraction"),
 ])
 def test_rank1_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}="):
@@ -151,12 +158,30 @@ def test_configs_round_trip_and_resolve_schedules():
     config = DynamicLoraConfig(r=4, beta=0.5, budget=1000, t_warmup=3)
     back = config_from_dict(config.to_dict())
     assert type(back) is DynamicLoraConfig and back == config
-    assert config.resolve_schedule(200) == (3, 140, 10)
-    assert DynamicLoraConfig().r_max == 32
-    with pytest.raises(ConfigError, match="t_final"):
+    # Final at 60%, 4 reallocations between warm-up and final (the last one at most at t_final).
+    assert config.resolve_schedule(200) == (3, 120, 29)
+    assert DynamicLoraConfig().resolve_schedule(1000) == (100, 600, 125)
+    assert DynamicLoraConfig().r_max == 32 and DynamicLoraConfig().r_min == 1
+    with pytest.raises(ConfigError, match="t_warmup"):
         DynamicLoraConfig().resolve_schedule(None)
     rank1 = Rank1LoraConfig(r=6)
-    assert rank1.gating == "scalar" and rank1.prune_by == "gate"
+    assert rank1.gating == "scalar" and rank1.prune_by == "sensitivity"
     assert Rank1LoraConfig(gating="input").prune_by == "sensitivity"
     assert type(config_from_dict(rank1.to_dict())) is Rank1LoraConfig
-    assert rank1.resolve_schedule(100) == (10, 70, 5)
+    assert rank1.resolve_schedule(100) == (10, 60, 5)
+    # The default budget prunes: half of the initial components.
+    assert rank1.resolve_budget(24) == 12 and Rank1LoraConfig(budget=5).resolve_budget(24) == 5
+
+
+def test_settle_ranks_keeps_changes_within_the_hysteresis_and_still_meets_the_budget():
+    costs = [10, 10, 10, 10]
+    current = [4, 4, 4, 4]
+    # Targets 5, 3, 7, 1: the first two move by one (noise), they keep 4; the others share the rest.
+    scores = torch.tensor([5.0, 3.0, 7.0, 1.0], dtype=torch.float64)
+    assert project_to_budget(scores, costs, 160, 1, 16) == [5, 3, 7, 1]
+    settled = settle_ranks(scores, costs, 160, current, hysteresis=1, r_min=1, r_max=16)
+    assert settled[:2] == [4, 4] and settled[2] > 4 > settled[3] and cost(settled, costs) == 160
+    assert settle_ranks(scores, costs, 160, current, hysteresis=0, r_min=1, r_max=16) == [5, 3, 7, 1]
+    # Nothing moves by more than the hysteresis: the ranks stay exactly.
+    near = torch.tensor([4.6, 3.5, 4.4, 3.5], dtype=torch.float64)
+    assert settle_ranks(near, costs, 160, current, hysteresis=1, r_min=1, r_max=16) == current

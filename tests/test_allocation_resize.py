@@ -38,7 +38,7 @@ def adam_over(adapter: LoraAdapter, steps: int = 3) -> torch.optim.Optimizer:
     return opt
 
 
-def test_grow_leaves_output_unchanged_and_zeroes_new_state():
+def test_grow_leaves_output_unchanged_and_seeds_new_second_moments():
     adapter = trained_adapter()
     opt = adam_over(adapter)
     x = torch.randn(4, 12)
@@ -53,10 +53,41 @@ def test_grow_leaves_output_unchanged_and_zeroes_new_state():
     assert torch.equal(adapter.lora_A[:6], old_A) and adapter.lora_A[6:].abs().sum() > 0
     state = opt.state[adapter.lora_A]
     assert torch.equal(state["exp_avg"][:6], old_state["exp_avg"]) and not state["exp_avg"][6:].any()
-    assert torch.equal(state["exp_avg_sq"][:6], old_state["exp_avg_sq"]) and not state["exp_avg_sq"][6:].any()
+    assert torch.equal(state["exp_avg_sq"][:6], old_state["exp_avg_sq"])
+    # New components' second moments: the mean over the existing components of the same tensor.
+    seeded = old_state["exp_avg_sq"].mean(dim=0, keepdim=True).expand(3, -1)
+    assert torch.allclose(state["exp_avg_sq"][6:], seeded)
+    B_sq = opt.state[adapter.lora_B]["exp_avg_sq"]
+    assert torch.allclose(B_sq[:, 6:], B_sq[:, :6].mean(dim=1, keepdim=True).expand(-1, 3))
     assert torch.equal(state["step"], old_state["step"])
     assert torch.equal(opt.state[adapter.lora_B]["exp_avg"][:, :6], old_B_state)
+    assert not opt.state[adapter.lora_B]["exp_avg"][:, 6:].any()
     assert optimizer_matches_model(opt, adapter)
+    # seed=False: the old behaviour, all-zero state for new components.
+    grow_adapter(adapter, 1, opt, seed=False)
+    assert not opt.state[adapter.lora_A]["exp_avg_sq"][9:].any()
+
+
+def first_updates_after_growth(seed: bool) -> tuple[float, float]:
+    """Mean |update| of B's existing and of its grown columns in the first step after growing
+    an adapter that trained for 200 steps (Adam's bias correction long gone)."""
+    adapter = trained_adapter(r=4, seed=3)
+    opt = adam_over(adapter, steps=200)
+    grow_adapter(adapter, 4, opt, seed=seed)
+    before = adapter.lora_B.detach().clone()
+    x = torch.randn(5, adapter.in_features, generator=torch.Generator().manual_seed(9))
+    adapter(x).pow(2).sum().backward()
+    opt.step()
+    step = (adapter.lora_B.detach() - before).abs()
+    return float(step[:, :4].mean()), float(step[:, 4:].mean())
+
+
+def test_grown_components_first_adam_updates_are_no_larger_than_existing_ones():
+    existing, grown = first_updates_after_growth(seed=True)
+    assert grown <= existing
+    # With zeroed second moments (Adam's shared step counter, no warm-up) they are several times larger.
+    existing, grown = first_updates_after_growth(seed=False)
+    assert grown > 2 * existing
 
 
 def test_svd_shrink_error_is_exactly_the_dropped_tail():

@@ -27,7 +27,9 @@ class Rows(torch.utils.data.Dataset):
 def test_trainer_run_reallocates_ranks(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], delta_t=3, stats_every=2)
+    # tau / bounds / hysteresis loosened so that 30 steps on random data move ranks.
+    config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], delta_t=3, stats_every=2, beta=1.0,
+                               hysteresis=0, tau=0.5, w_min=0.25, w_max=4.0)
     model = get_lora_model(quiet_bert(), config)
     controller = AllocationController(model)  # optimizer and run length come from the Trainer
     args = TrainingArguments(
@@ -37,12 +39,12 @@ def test_trainer_run_reallocates_ranks(tmp_path):
     )
     trainer = Trainer(model=model, args=args, train_dataset=Rows(64), callbacks=[DynamicLoraCallback(controller)])
     trainer.train()
-    # Schedule from max_steps=30: warm-up 3, final 21, every 3 -> reallocations at 6, 9, ..., 21.
-    assert controller.schedule == (3, 21, 3)
-    assert [h["step"] for h in controller.history] == [6, 9, 12, 15, 18, 21]
+    # Schedule from max_steps=30: warm-up 3, final 18, every 3 -> reallocations at 6, 9, ..., 18.
+    assert controller.schedule == (3, 18, 3)
+    assert [h["step"] for h in controller.history] == [6, 9, 12, 15, 18]
     assert controller.step == 30  # once per optimizer step, not per micro-batch
     assert len(set(model.ranks().values())) > 1
-    assert sum(h["parameters"] == controller.budget for h in controller.history) == 6
+    assert sum(h["parameters"] == controller.budget for h in controller.history) == 5
     assert optimizer_matches_model(unwrap_optimizer(trainer.optimizer), model)
     assert not controller.stats.attached
 
@@ -51,7 +53,7 @@ def trainer_run(output_dir, max_steps, resume=None):
     from transformers import Trainer, TrainingArguments
 
     config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], t_warmup=2, t_final=10, delta_t=2,
-                               stats_every=2)
+                               stats_every=2, beta=1.0, hysteresis=0, tau=0.5, w_min=0.25, w_max=4.0)
     model = get_lora_model(quiet_bert(), config)
     callback = DynamicLoraCallback(AllocationController(model))
     if resume is not None:

@@ -38,7 +38,9 @@ class LoraAdapter(nn.Module):
     """One low-rank update `s * w * B diag(g) A` for a `out x in` weight.
 
     gating: "none" (plain LoRA), "scalar" (learnable gate per rank-1 component, init 1) or
-    "input" (gate = sigmoid(u . mean_token(x) + c), confidence-gated, cannot be merged).
+    "input" (gate = sigmoid(u . mean_token(x) + c), confidence-gated, cannot be merged). The
+    token mean skips padding when `pool_mask` (batch x seq, 1 = real token) is set for the
+    call, which `DynaLoraModel.forward` does from its `attention_mask` keyword (`pooling_mask`).
     """
 
     def __init__(
@@ -73,21 +75,24 @@ class LoraAdapter(nn.Module):
             self.gate_proj = None
         # The allocation weight w_l: a buffer (saved, not trained), 1 for plain LoRA.
         self.register_buffer("weight", torch.ones(()))
+        self.pool_mask: torch.Tensor | None = None  # set per call for input gates (see pooling_mask)
 
-    def new_A_rows(self, n: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    def new_A_rows(self, n: int, like: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` fresh rows of A: Kaiming-uniform (a=sqrt(5), as nn.Linear and PEFT) or Gaussian
         with std 1/n (PEFT's 1/r). To grow to rank r, ask for r rows and keep the ones you need,
-        so that new rows get std 1/r like the rest."""
+        so that new rows get std 1/r like the rest. With a (CPU) `generator` the rows are drawn
+        from it on the CPU, then moved: the same rows on every device and in every process."""
         dtype = like.dtype if like is not None else torch.get_default_dtype()
         device = like.device if like is not None else None
-        rows = torch.empty(n, self.in_features, dtype=dtype, device=device)
+        rows = torch.empty(n, self.in_features, dtype=dtype, device="cpu" if generator is not None else device)
         if n == 0:
-            return rows
+            return rows.to(device) if device is not None else rows
         if self.init == "gaussian":
-            nn.init.normal_(rows, std=1.0 / n)
+            nn.init.normal_(rows, std=1.0 / n, generator=generator)
         else:
-            nn.init.kaiming_uniform_(rows, a=math.sqrt(5))
-        return rows
+            nn.init.kaiming_uniform_(rows, a=math.sqrt(5), generator=generator)
+        return rows.to(device) if generator is not None and device is not None else rows
 
     @property
     def r(self) -> int:
@@ -104,9 +109,20 @@ class LoraAdapter(nn.Module):
         if self.gate is not None:
             h = h * self.gate
         if self.gate_proj is not None:
-            pooled = x.mean(dim=-2, keepdim=True) if x.dim() > 2 else x
-            h = h * torch.sigmoid(self.gate_proj(pooled))
+            h = h * torch.sigmoid(self.gate_proj(self._pooled(x)))
         return F.linear(h, self.lora_B) * (self.scaling * self.weight)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over tokens that the input gates read: real tokens only when masked."""
+        if x.dim() <= 2:
+            return x
+        mask = self.pool_mask
+        if mask is None or mask.dim() != 2 or tuple(mask.shape) != tuple(x.shape[:2]):
+            return x.mean(dim=-2, keepdim=True)
+        m = (mask != 0).to(dtype=x.dtype, device=x.device).unsqueeze(-1)
+        # Pad rows become exact zeros (x * 0), so they add nothing to the sum: the gate of a
+        # padded example equals the gate of the same example without padding.
+        return (x * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp_min(1)
 
     def delta_weight(self) -> torch.Tensor:
         """Delta W (out x in) of a mergeable adapter."""
@@ -227,6 +243,18 @@ class LoraLayer(nn.Module):
             while self.merged:
                 delta = self.delta_weight(self.merged.pop())
                 self.base.weight.sub_(delta.to(self.base.weight.dtype))
+
+
+@contextmanager
+def pooling_mask(adapters: list[LoraAdapter], mask: torch.Tensor | None):
+    """Within the block, input-gated `adapters` pool over the real tokens of `mask` only."""
+    for adapter in adapters:
+        adapter.pool_mask = mask
+    try:
+        yield
+    finally:
+        for adapter in adapters:
+            adapter.pool_mask = None
 
 
 @contextmanager

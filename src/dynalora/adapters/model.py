@@ -38,7 +38,7 @@ from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: t
 )
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
-from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row
+from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row, pooling_mask
 from dynalora.adapters.model_compat import TransformersCompat, task_heads, warn_if_head_frozen
 from dynalora.adapters.peft_format import export_peft, import_peft
 from dynalora.errors import AdapterFileError
@@ -58,6 +58,16 @@ class DynaLoraModel(TransformersCompat):
         self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
 
     # -- passing through --------------------------------------------------------------------
+    def call_base(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's call (what `forward` does)."""
+        if all(c.gating != "input" for c in self.configs.values()):
+            return self.base_model(*args, **kwargs)
+        gated = [m for m in self.base_model.modules() if isinstance(m, LoraAdapter) and m.gate_proj is not None]
+        # Input-conditional gates pool over tokens: tell them which are padding.
+        mask = kwargs.get("attention_mask")
+        with pooling_mask(gated, mask if isinstance(mask, torch.Tensor) else None):
+            return self.base_model(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

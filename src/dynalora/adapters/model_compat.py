@@ -59,7 +59,7 @@ def _labelled_forward(self: Any, *args: Any, labels: Any = None, **kwargs: Any) 
     """The class-level face of `DynaLoraModel.forward` (what `Trainer` reads for label names)."""
     if labels is not None:
         kwargs["labels"] = labels
-    return self.base_model(*args, **kwargs)
+    return self.call_base(*args, **kwargs)
 
 
 class _WrappedForward:
@@ -73,7 +73,7 @@ class _WrappedForward:
         return inspect.signature(self.wrapper.base_model.forward)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.wrapper.base_model(*args, **kwargs)
+        return self.wrapper.call_base(*args, **kwargs)
 
 
 class BaseForward:
@@ -87,6 +87,10 @@ class TransformersCompat(nn.Module):
     """The Trainer/PEFT-facing part of `DynaLoraModel` (see the module doc)."""
 
     forward = BaseForward()  # type: ignore[assignment]
+
+    def call_base(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped model (a subclass may set per-call context around it)."""
+        return self.base_model(*args, **kwargs)
 
     def _kept_in_state(self, key: str, prefix: str = "") -> bool:
         """An adapter tensor, or one of a module to save; `key` as in state_dict (with `prefix`)."""

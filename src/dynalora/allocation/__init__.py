@@ -1,6 +1,7 @@
-"""Dynamic LoRA (arXiv 2501.14859) and Rank-1 Sum LoRA: importance, input statistics, the rank
-rule, resizing with a consistent optimizer, gates and pruning, and the controller that runs
-them beside a training loop (see docs/method.md)."""
+"""Dynamic LoRA (arXiv 2501.14859) and Rank-1 Sum LoRA: importance, allocation weights, input
+statistics, the rank rule, resizing with a consistent optimizer, gates and pruning, and the
+controllers that run them beside a training loop (the method: docs/method.md; the code:
+docs/DESIGN.md, "Allocation")."""
 
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,12 @@ from dynalora.allocation.config import DynamicLoraConfig, Rank1LoraConfig
 from dynalora.lazy import lazy_exports
 
 _EXPORTS = {
-    "AllocationController": "dynalora.allocation.controller",
+    **{name: "dynalora.allocation.controller" for name in (
+        "AllocationController", "DynamicLoraController", "Rank1LoraController")},
     "DynamicLoraCallback": "dynalora.allocation.callback",
     **{name: "dynalora.allocation.ranks" for name in (
-        "allocation_shares", "clamp_to_mean_one", "project_to_budget", "rank_scores", "uniform_budget")},
+        "allocation_shares", "clamp_to_mean_one", "project_to_budget", "rank_scores", "settle_ranks",
+        "uniform_budget")},
     **{name: "dynalora.allocation.resize" for name in (
         "ResizeResult", "grow_adapter", "resize_adapter", "select_components", "shrink_adapter", "svd_shrink",
         "swap_parameter")},
@@ -24,12 +27,17 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from dynalora.allocation.callback import DynamicLoraCallback
-    from dynalora.allocation.controller import AllocationController
+    from dynalora.allocation.controller import (
+        AllocationController,
+        DynamicLoraController,
+        Rank1LoraController,
+    )
     from dynalora.allocation.ranks import (
         allocation_shares,
         clamp_to_mean_one,
         project_to_budget,
         rank_scores,
+        settle_ranks,
         uniform_budget,
     )
     from dynalora.allocation.resize import (
@@ -47,8 +55,10 @@ __all__ = [
     "AllocationController",
     "DynamicLoraCallback",
     "DynamicLoraConfig",
+    "DynamicLoraController",
     "InputStatistics",
     "Rank1LoraConfig",
+    "Rank1LoraController",
     "ResizeResult",
     "RunningMoments",
     "allocation_shares",
@@ -58,6 +68,7 @@ __all__ = [
     "rank_scores",
     "resize_adapter",
     "select_components",
+    "settle_ranks",
     "shrink_adapter",
     "svd_shrink",
     "swap_parameter",

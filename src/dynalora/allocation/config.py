@@ -1,93 +1,113 @@
-"""Configs for dynamic LoRA and Rank-1 Sum LoRA (see docs/method.md).
+"""Configs for dynamic LoRA and Rank-1 Sum LoRA (the method: docs/method.md; the choices: DESIGN.md).
 
 Both extend `LoraConfig`, so everything that builds plain LoRA (injection, saving, export)
 builds them too; the extra fields drive the `AllocationController` during training.
 
 Schedules are in optimizer steps (1-based: step t is the t-th `optimizer.step()`). Fields left
-at None are resolved from the run's `total_steps` by `resolve_schedule` (fractions below).
+at None are resolved from the run's `total_steps` by `resolve_schedule`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from dynalora.adapters.config import ConfigError, LoraConfig, check, is_int, is_number
 
-# Fractions of total_steps used when a schedule field is None. Warm-up 10%: B starts at 0,
-# so importance is meaningless for the first steps. Final 70%: ranks freeze with 30% of the
-# run left so the last shapes converge. delta_t = total/20, which gives about 12
-# reallocations between warm-up and final.
+# Schedule fractions of total_steps used when a field is None. Warm-up 10%: B starts at 0, so
+# sensitivities mean little in the first steps. Final 60%: the last reallocation leaves 40% of
+# the run for grown components to train (with 70% and 12 reallocations, components grown at
+# the end trained for too few steps to pay their way).
 WARMUP_FRACTION = 0.10
-FINAL_FRACTION = 0.70
-REALLOCATIONS = 20
+FINAL_FRACTION = 0.60
+PRUNE_EVERY_FRACTION = 1 / 20
 
 
 @dataclass
 class DynamicLoraConfig(LoraConfig):
     """Dynamic LoRA: per-layer ranks and allocation weights that move during training.
 
-    `r` is r_base: the starting rank of every layer and, with `budget=None`, the budget is
-    what uniform LoRA at `r` uses (`sum_l r (d_l + k_l)`), so comparisons are at equal size.
+    `r` is r_base: every layer starts at rank r and, with `budget=None`, the budget is what
+    uniform LoRA at `r` on the same targets costs (`sum_l r (d_l + k_l)` parameters). Use
+    `target_modules="all-linear"` to let the budget move across q, k, v, o and the FFN.
 
-    Importance (2a): `importance_beta` is the EMA coefficient of I_l; `uncertainty=True` uses
-        AdaLoRA's score EMA(I) * EMA(|I - EMA(I)|) (coefficient `uncertainty_beta`). Both are
-        AdaLoRA's defaults (0.85). Read every optimizer step from step 1 to t_final, so the
-        EMA is warm when allocation starts.
-    Weights (2b): `weighting` "softmax" (temperature `tau`) or "linear" (I / sum I); target
-        w = L * alpha, clamped to [w_min, w_max] and renormalised to mean 1, recomputed every
-        `weight_every` steps; the weights move one EMA step (coefficient `weight_beta`)
-        towards it every step. Refreshing the target every few steps instead of every step
-        changes little (the importance EMA it follows has a time constant of ~7 steps) and
-        cuts the controller's per-step kernel launches by more than half, which is what
-        counts on a GPU where small steps are launch-bound; weight_every=1 is the exact rule.
-        Deviation from docs/method.md's softmax(I / tau): the softmax acts on I / mean(I), because
-        raw importance has no fixed scale (it moves with the loss, the model and the learning
-        rate, and is often orders of magnitude below 1, where any practical tau gives
-        near-uniform weights), so tau means the same in every run.
-    Ranks (2c): r_l ~ r * (1 + beta * v~_l) * w_l ** gamma, with w_l the smoothed weight the
-        layer actually uses (docs/method.md's L * alpha_l). gamma=0 is the paper-literal rule (rank
-        from input variance only); the default 1 lets importance move ranks too, otherwise it
-        would only scale updates. Input variance is sampled every `stats_every` steps on at
-        most `stats_max_tokens` tokens per layer. Ranks are clamped to [r_min, r_max] (r_max
-        None: 4 * r) and projected onto `budget` parameters (sum_l r_l (d_l + k_l); None: what
-        uniform LoRA at r uses); `budget_exact` spends it as fully as integer ranks allow
-        (largest remainder), else only caps it. Since the projection rescales the real-valued
-        ranks, only the ratios of r * (1 + beta v~) * w ** gamma matter when `budget_exact`.
-    Schedule (2d): the first reallocation is at t_warmup + delta_t (at t_warmup the weights are
-        still 1, so ranks would follow the variance alone), then every `delta_t` steps up to
-        and including t_final. Weights start moving at t_warmup + 1. After t_final, ranks,
-        weights and statistics are all frozen and the controller does no per-step tensor work.
-    Shrink: "svd" keeps the best rank-r approximation of B A; "importance" keeps the
-        components with the largest ||b_i|| * ||a_i||. Resizing never changes the adapter's
-        `scaling` (alpha / r at creation), so growing leaves the function unchanged.
-    Regulariser (2e): lambda_a * sum ||A||^2 + lambda_b * sum ||B||^2
-        + lambda_orth * sum (||A A^T - I||^2 + ||B^T B - I||^2).
+    Importance (2a). `importance="gradient"` (default): g_l = ||dL/dB_l|| / (s w_l ||A_l||), the
+        norm of the layer's full-weight gradient seen through the adapter's input subspace:
+        what one unit step of the layer's update can still gain. Free (the gradients are
+        there), independent of the layer's own weight w_l, not diluted when the layer grows,
+        and it depends on the random init of A only through a projection (identical layers
+        on identical data: within 3% of each other on a toy). "sensitivity": sum_i
+        |a_i . dL/da_i| / w_l, the first-order loss change of removing each rank-1 component
+        (also w-free and growth-proof, but it follows how far each adapter happens to have
+        got: 45% apart on the same toy). "magnitude": the paper's mean |theta * grad| over A
+        and B, which scales with w_l (so the weights fed their own importance and ran to the
+        clamps) and falls by r_old / r_new when a layer grows (so ranks flapped).
+        EMA coefficient `importance_beta`; `uncertainty=True` uses AdaLoRA's
+        EMA(g) * EMA(|g - EMA(g)|).
+    Weights (2b). target w = L * softmax(g / mean(g) / tau) (or "linear": L * g / sum g),
+        clamped to [w_min, w_max] at mean 1, refreshed every `weight_every` steps; the weights
+        move one EMA step (`weight_beta`) towards it every step. `weighting="off"` keeps
+        w = 1. `weight_mode="lr"` (default) applies w as a per-layer learning-rate multiplier
+        (each adapter's optimizer update is scaled by w_l): what w does with Adam in the paper
+        anyway, but without rescaling the function already learned when w moves and without
+        scaling the layer's gradients (so gradient clipping sees every layer alike).
+        `weight_mode="forward"` is the paper-literal `s * w * B A x`. Bounds [0.5, 2] and
+        tau = 2 keep the learning rates within a factor 4 of each other; the paper's
+        [0.25, 4] with tau = 1 drove weights to the clamps.
+    Ranks (2c). r_l ~ r * (1 + beta * v~_l) * w_l ** gamma, projected onto the budget in
+        parameters, ranks in [r_min, r_max] (r_max None: 4 r). beta = 0 by default: the input
+        variance v~ is the same for layers that read the same input (q, k, v of a block) and
+        spanned only 0.8-1.2 across blocks on MiniLM/MRPC, so it mostly added noise;
+        beta = 1, gamma = 0 is the paper-literal rule. r_min = 1 keeps every layer trainable.
+        `hysteresis`: a layer whose target differs from its rank by at most this much keeps
+        its rank (the others share what is left of the budget): changes of one rank are
+        noise, and each change costs an SVD reparametrisation or fresh components.
+    Schedule (2d). `reallocations` reallocations (default 4, at t_warmup + k * delta_t, the
+        last at t_final; delta_t None: (t_final - t_warmup) / reallocations). Weights move
+        from t_warmup + 1 to t_final; after t_final ranks, weights and statistics are frozen
+        (the frozen weights keep scaling the learning rates). Few, large reallocations settle;
+        the old 12 made each layer's rank reverse direction 2.5 times on average.
+    Resizing. Shrink "svd" keeps the best rank-r approximation of B A, "importance" the
+        components with the largest ||b_i|| ||a_i||. `grow_state="seeded"` starts the Adam
+        second moments of grown components at the mean of the existing components' (same
+        tensor), so their first updates are no larger than the others'; "zero" is the old
+        behaviour (first steps of 1-3 lr, since Adam's step counter is shared). `scaling`
+        never changes on resize, so growing leaves the function unchanged.
+    Regulariser (2e). lambda_a ||A||^2 + lambda_b ||B||^2 + lambda_orth (||A A^T - I||^2 +
+        ||B^T B - I||^2); off by default: AdamW's decoupled weight decay already acts as the
+        L2 terms on A and B, and the SVD shrink re-orthogonalises components at each
+        reallocation; nothing here measured them worth their cost.
     """
 
     method: ClassVar[str] = "dynamic"
 
+    importance: str = "gradient"
     importance_beta: float = 0.85
     uncertainty: bool = False
     uncertainty_beta: float = 0.85
     weighting: str = "softmax"
-    tau: float = 1.0
+    weight_mode: str = "lr"
+    tau: float = 2.0
     weight_beta: float = 0.9
     weight_every: int = 5
-    w_min: float = 0.25
-    w_max: float = 4.0
-    beta: float = 1.0
+    w_min: float = 0.5
+    w_max: float = 2.0
+    beta: float = 0.0
     stats_every: int = 10
     stats_max_tokens: int = 2048
     gamma: float = 1.0
-    r_min: int = 0
+    r_min: int = 1
     r_max: int | None = None
     budget: int | None = None
     budget_exact: bool = True
+    hysteresis: int = 1
+    reallocations: int = 4
     t_warmup: int | None = None
     t_final: int | None = None
     delta_t: int | None = None
     shrink: str = "svd"
+    grow_state: str = "seeded"
     lambda_a: float = 0.0
     lambda_b: float = 0.0
     lambda_orth: float = 0.0
@@ -98,22 +118,22 @@ class DynamicLoraConfig(LoraConfig):
               "use Rank1LoraConfig for gates", self.gating)
         _check_numbers(self, ("importance_beta", "uncertainty_beta", "weight_beta", "tau", "w_min", "w_max",
                               "beta", "gamma", "lambda_a", "lambda_b", "lambda_orth"))
+        _check_choice(self, "importance", ("gradient", "sensitivity", "magnitude"))
         for name in ("importance_beta", "uncertainty_beta", "weight_beta"):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, "must be in [0, 1)", value)
-        check(self.weighting in ("softmax", "linear"), "weighting", "must be 'softmax' or 'linear'",
-              self.weighting)
+        _check_choice(self, "weighting", ("softmax", "linear", "off"))
+        _check_choice(self, "weight_mode", ("lr", "forward"))
         check(self.tau > 0, "tau", "must be > 0", self.tau)
         check(0 < self.w_min <= 1.0, "w_min", "must be in (0, 1] (weights have mean 1)", self.w_min)
         check(self.w_max >= 1.0, "w_max", "must be >= 1 (weights have mean 1)", self.w_max)
         check(self.beta >= 0, "beta", "must be >= 0", self.beta)
         check(self.gamma >= 0, "gamma", "must be >= 0", self.gamma)
-        check(_pos_int(self.weight_every), "weight_every", "must be a positive integer", self.weight_every)
-        check(_pos_int(self.stats_every), "stats_every", "must be a positive integer", self.stats_every)
-        check(_pos_int(self.stats_max_tokens), "stats_max_tokens", "must be a positive integer",
-              self.stats_max_tokens)
-        check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0",
-              self.r_min)
+        for name in ("weight_every", "stats_every", "stats_max_tokens", "reallocations"):
+            check(_pos_int(getattr(self, name)), name, "must be a positive integer", getattr(self, name))
+        check(is_int(self.hysteresis) and self.hysteresis >= 0, "hysteresis", "must be an integer >= 0",
+              self.hysteresis)
+        check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0", self.r_min)
         if self.r_max is None:
             self.r_max = 4 * self.r
         check(_pos_int(self.r_max), "r_max", "must be a positive integer", self.r_max)
@@ -122,14 +142,17 @@ class DynamicLoraConfig(LoraConfig):
         check(self.budget is None or _pos_int(self.budget), "budget",
               "must be a positive integer (adapter parameters) or None", self.budget)
         _check_schedule(self, ("t_warmup", "t_final", "delta_t"))
-        check(self.shrink in ("svd", "importance"), "shrink", "must be 'svd' or 'importance'", self.shrink)
+        _check_choice(self, "shrink", ("svd", "importance"))
+        _check_choice(self, "grow_state", ("seeded", "zero"))
         for name in ("lambda_a", "lambda_b", "lambda_orth"):
             check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
 
     def resolve_schedule(self, total_steps: int | None) -> tuple[int, int, int]:
         """(t_warmup, t_final, delta_t), filling None fields from `total_steps`."""
-        warmup, final, delta = _resolve(self, ("t_warmup", "t_final", "delta_t"), total_steps)
+        warmup = self.t_warmup if self.t_warmup is not None else _fraction(total_steps, WARMUP_FRACTION, "t_warmup")
+        final = self.t_final if self.t_final is not None else _fraction(total_steps, FINAL_FRACTION, "t_final")
         check(warmup <= final, "t_final", f"must be >= t_warmup ({warmup})", final)
+        delta = self.delta_t if self.delta_t is not None else max(1, (final - warmup) // self.reallocations)
         return warmup, final, delta
 
 
@@ -137,26 +160,35 @@ class DynamicLoraConfig(LoraConfig):
 class Rank1LoraConfig(LoraConfig):
     """Rank-1 Sum LoRA: `Delta W = sum_i g_i b_i a_i^T`, `r` components per layer at the start.
 
-    gating: "scalar" (learnable g_i, init 1) or "input" (g_i(x) = sigmoid(u_i . mean(x) + c_i),
-        cannot be merged).
-    l1: strength of the L1 penalty on scalar gates, applied as a proximal soft-threshold after
-        each optimizer step: |g| shrinks by lr * l1 (lr of the gates' parameter group), and
-        gates that cross zero become exactly 0 (as in SoRA). Ignored for input gating.
-    prune_by: how components are ranked when a budget must be met: "gate" (|g|) or
-        "sensitivity" (EMA, coefficient `sensitivity_beta`, of |g dL/dg| + mean|a dL/da| +
-        mean|b dL/db|). None: "gate" for scalar gates, "sensitivity" for input gates.
-    budget: total rank-1 components to keep over all layers (None: keep every nonzero one).
-        The kept count falls from the start to the budget along AdaLoRA's cubic schedule.
-    prune_start / prune_end / prune_every: pruning steps (None: 10% / 70% / total/20).
+    gating: "scalar" (learnable g_i, init 1) or "input" (g_i(x) = sigmoid(u_i . pooled(x) + c_i),
+        pooled = mean over the real tokens (padding excluded), cannot be merged).
+    l1: the L1 penalty on scalar gates, applied as a proximal soft-threshold after each
+        optimizer step: |g| shrinks by l1 * lr0, with lr0 the gates' *initial* learning rate
+        (the optimizer group's `initial_lr`), so warm-up and decay of the schedule do not
+        change its effect; gates that cross zero become exactly 0 (as in SoRA). With Adam a
+        gate moves at most about lr per step, so l1 = 0.5 lets a gate the loss keeps using
+        hold its value while an unused one loses half a learning rate per step. (The old
+        l1 * scheduled-lr with l1 = 0.1 summed to 0.017 over an MRPC run: nothing moved.)
+        Ignored for input gating.
+    prune_by: how components are ranked when the budget must be met: "sensitivity" (default:
+        EMA, coefficient `sensitivity_beta`, of |g dL/dg| + mean|a dL/da| + mean|b dL/db|,
+        AdaLoRA-style; a component that does not change the loss scores exactly 0) or
+        "gate" (|g|, scalar gates only).
+    budget: rank-1 components to keep over all layers. None: `keep_fraction` (default 0.5)
+        of the initial ones, so pruning happens (with None meaning "keep all", the old
+        default pruned nothing and trained plain LoRA with gates). The kept count falls from
+        the start to the budget along AdaLoRA's cubic schedule.
+    prune_start / prune_end / prune_every: pruning steps (None: 10% / 60% / total/20).
         Components with gate exactly 0 are removed at every pruning step.
     """
 
     method: ClassVar[str] = "rank1"
 
     gating: str = "scalar"
-    l1: float = 0.1
+    l1: float = 0.5
     prune_by: str | None = None
     budget: int | None = None
+    keep_fraction: float = 0.5
     prune_start: int | None = None
     prune_end: int | None = None
     prune_every: int | None = None
@@ -167,29 +199,43 @@ class Rank1LoraConfig(LoraConfig):
         check(self.gating in ("scalar", "input"), "gating",
               "Rank-1 Sum LoRA needs gates: 'scalar' or 'input'", self.gating)
         if self.prune_by is None:
-            self.prune_by = "gate" if self.gating == "scalar" else "sensitivity"
-        check(self.prune_by in ("gate", "sensitivity"), "prune_by", "must be 'gate' or 'sensitivity'",
-              self.prune_by)
+            self.prune_by = "sensitivity"
+        _check_choice(self, "prune_by", ("gate", "sensitivity"))
         check(not (self.prune_by == "gate" and self.gating == "input"), "prune_by",
               "'gate' needs scalar gates; input-conditional gates are pruned by 'sensitivity'",
               self.prune_by)
-        _check_numbers(self, ("l1", "sensitivity_beta"))
+        _check_numbers(self, ("l1", "sensitivity_beta", "keep_fraction"))
         check(self.l1 >= 0, "l1", "must be >= 0", self.l1)
         check(self.budget is None or (is_int(self.budget) and self.budget >= 0), "budget",
               "must be an integer >= 0 (rank-1 components) or None", self.budget)
+        check(0.0 < self.keep_fraction <= 1.0, "keep_fraction", "must be in (0, 1]", self.keep_fraction)
         check(0.0 <= self.sensitivity_beta < 1.0, "sensitivity_beta", "must be in [0, 1)",
               self.sensitivity_beta)
         _check_schedule(self, ("prune_start", "prune_end", "prune_every"))
 
+    def resolve_budget(self, initial_components: int) -> int:
+        """Components to keep at the end: `budget`, or `keep_fraction` of the initial ones."""
+        if self.budget is not None:
+            return self.budget
+        return math.ceil(self.keep_fraction * initial_components)
+
     def resolve_schedule(self, total_steps: int | None) -> tuple[int, int, int]:
         """(prune_start, prune_end, prune_every), filling None fields from `total_steps`."""
-        start, end, every = _resolve(self, ("prune_start", "prune_end", "prune_every"), total_steps)
+        start = self.prune_start if self.prune_start is not None else _fraction(total_steps, WARMUP_FRACTION, "prune_start")
+        end = self.prune_end if self.prune_end is not None else _fraction(total_steps, FINAL_FRACTION, "prune_end")
         check(start <= end, "prune_end", f"must be >= prune_start ({start})", end)
+        every = self.prune_every if self.prune_every is not None else _fraction(total_steps, PRUNE_EVERY_FRACTION,
+                                                                                 "prune_every", floor=True)
         return start, end, every
 
 
 def _pos_int(value: object) -> bool:
     return is_int(value) and value > 0
+
+
+def _check_choice(config: LoraConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    check(value in choices, name, "must be one of " + ", ".join(repr(c) for c in choices), value)
 
 
 def _check_numbers(config: LoraConfig, names: tuple[str, ...]) -> None:
@@ -212,19 +258,10 @@ def _check_schedule(config: LoraConfig, names: tuple[str, str, str]) -> None:
               f"must be >= {start} ({getattr(config, start)})", getattr(config, end))
 
 
-def _resolve(config: LoraConfig, names: tuple[str, str, str], total_steps: int | None) -> tuple[int, int, int]:
-    values = [getattr(config, n) for n in names]
-    if None in values:
-        if total_steps is None or total_steps <= 0:
-            missing = [n for n, v in zip(names, values) if v is None]
-            raise ConfigError(
-                f"{missing[0]}=None: set {', '.join(missing)} or give the controller total_steps "
-                f"(got {total_steps!r}) to derive them"
-            )
-        defaults = (
-            max(1, round(WARMUP_FRACTION * total_steps)),
-            max(1, round(FINAL_FRACTION * total_steps)),
-            max(1, total_steps // REALLOCATIONS),
-        )
-        values = [d if v is None else v for v, d in zip(values, defaults)]
-    return values[0], values[1], values[2]
+def _fraction(total_steps: int | None, fraction: float, name: str, floor: bool = False) -> int:
+    """max(1, fraction * total_steps): a schedule field left at None."""
+    if total_steps is None or total_steps <= 0:
+        raise ConfigError(f"{name}=None: set it or give the controller total_steps "
+                          f"(got {total_steps!r}) to derive it")
+    value = total_steps * fraction
+    return max(1, int(value) if floor else round(value))

@@ -1,4 +1,10 @@
-"""Plots of an allocation history: rank per layer over training, importance and weights."""
+"""Plots of an allocation history, readable for 12 layers or 200: heatmaps, not line tangles.
+
+    ranks    layers x reallocation steps (each layer named, e.g. "3.value")
+    weights  layers x reallocation steps (dynamic LoRA), diverging around 1
+    blocks   final rank as block index x module type (when names carry block indices and
+             there are several module types: the view that reads for LLMs)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from typing import Any
 
 from dynalora.files import atomic_path
 
+MAX_TICK_LABELS = 60
+
 
 def short_layer_name(name: str) -> str:
     """'bert.encoder.layer.3.attention.self.query' -> '3.query' (index + module)."""
@@ -16,38 +24,84 @@ def short_layer_name(name: str) -> str:
     return f"{index[-1]}.{leaf}" if index else leaf
 
 
+def _per_layer(value: Any, names: list[str]) -> list[float]:
+    """A record's per-layer values in `names` order (dicts by name; older records: lists)."""
+    if isinstance(value, dict):
+        return [float(value.get(n, float("nan"))) for n in names]
+    return [float(v) for v in value]
+
+
+def block_grid(ranks: dict[str, int]) -> tuple[list[int], list[str], list[list[float]]] | None:
+    """(block indices, module types, rank[block][type]) or None when there is no such grid."""
+    cells: dict[tuple[int, str], int] = {}
+    for name, r in ranks.items():
+        found = re.findall(r"\.(\d+)\.", name)
+        if not found:
+            return None
+        cells[(int(found[-1]), name.rsplit(".", 1)[-1])] = r
+    blocks = sorted({b for b, _ in cells})
+    kinds = sorted({k for _, k in cells})
+    if len(kinds) < 2 or len(blocks) < 2:
+        return None
+    return blocks, kinds, [[float(cells.get((b, k), float("nan"))) for k in kinds] for b in blocks]
+
+
+def _heatmap(fig: Any, slot: Any, rows: list[list[float]], names: list[str], steps: list[int], title: str,
+             label: str, cmap: str, center: float | None = None) -> None:
+    ax = fig.add_subplot(slot)
+    kwargs: dict[str, Any] = {}
+    if center is not None:
+        from matplotlib.colors import TwoSlopeNorm
+
+        flat = [v for row in rows for v in row if v == v]  # NaN-free
+        kwargs["norm"] = TwoSlopeNorm(vcenter=center, vmin=min([*flat, center - 1e-6]),
+                                      vmax=max([*flat, center + 1e-6]))
+    image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap=cmap, **kwargs)
+    every = max(1, -(-len(names) // MAX_TICK_LABELS))
+    ax.set_yticks(range(0, len(names), every), [short_layer_name(n) for n in names][::every],
+                  fontsize=max(4, min(8, 400 // max(len(names), 1))))
+    ticks = list(range(0, len(steps), max(1, len(steps) // 12)))
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+    ax.set_xlabel("optimizer step (reallocation)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label=label)
+
+
 def plot_history(history: list[dict[str, Any]], names: list[str], path: str | os.PathLike,
                  title: str | None = None) -> None:
-    """PNG with a rank heatmap (layers x reallocation steps) and, when recorded, the
-    importance and allocation-weight trajectories. Uses the Agg canvas directly, so it
-    neither needs a display nor changes matplotlib's global backend."""
+    """PNG of the history (see the module doc). Uses the Agg canvas directly, so it neither
+    needs a display nor changes matplotlib's global backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not history:
         raise ValueError("nothing to plot: no reallocation has happened yet")
     steps = [h["step"] for h in history]
-    ranks = [[h["ranks"][n] for h in history] for n in names]
-    curves = [key for key in ("importance", "weights") if all(key in h for h in history)]
-    fig = Figure(figsize=(11, 3.2 + 0.18 * len(names) + 2.6 * len(curves)))
+    ranks = [[float(h["ranks"][n]) for h in history] for n in names]
+    panels: list[tuple[str, Any]] = [("ranks", ranks)]
+    if all("weights" in h for h in history):
+        columns = [_per_layer(h["weights"], names) for h in history]
+        panels.append(("weights", [[col[i] for col in columns] for i in range(len(names))]))
+    grid = block_grid(history[-1]["ranks"])
+    layer_height = max(2.4, 0.14 * len(names))
+    heights = [layer_height] * len(panels) + ([max(2.4, 0.3 * len(grid[0]))] if grid else [])
+    fig = Figure(figsize=(11, 1.0 + sum(heights)))
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1 + len(curves), 1, height_ratios=[max(2.0, 0.18 * len(names))] + [2.4] * len(curves))
-    ax = fig.add_subplot(grid[0])
-    image = ax.imshow(ranks, aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_yticks(range(len(names)), [short_layer_name(n) for n in names], fontsize=7)
-    ticks = list(range(0, len(steps), max(1, len(steps) // 12)))
-    ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
-    ax.set_xlabel("optimizer step")
-    ax.set_title(title or "rank per layer")
-    fig.colorbar(image, ax=ax, label="rank")
-    for row, key in enumerate(curves, start=1):
-        axis = fig.add_subplot(grid[row])
-        for i, name in enumerate(names):
-            axis.plot(steps, [h[key][i] for h in history], label=short_layer_name(name), linewidth=1)
-        axis.set_ylabel(key)
-        axis.set_xlabel("optimizer step")
-        if len(names) <= 16:
-            axis.legend(fontsize=6, ncol=4)
+    slots = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    _heatmap(fig, slots[0], ranks, names, steps, title or "rank per layer", "rank", "viridis")
+    if len(panels) > 1:
+        _heatmap(fig, slots[1], panels[1][1], names, steps, "allocation weight per layer", "weight", "coolwarm",
+                 center=1.0)
+    if grid:
+        blocks, kinds, cells = grid
+        ax = fig.add_subplot(slots[len(panels)])
+        image = ax.imshow(cells, aspect="auto", interpolation="nearest", cmap="viridis")
+        ax.set_xticks(range(len(kinds)), kinds, fontsize=7)
+        every = max(1, -(-len(blocks) // MAX_TICK_LABELS))
+        ax.set_yticks(range(0, len(blocks), every), [str(b) for b in blocks][::every], fontsize=7)
+        ax.set_ylabel("block")
+        ax.set_title(f"final rank by block and module type (step {steps[-1]})", fontsize=9)
+        fig.colorbar(image, ax=ax, label="rank")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

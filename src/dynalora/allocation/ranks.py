@@ -4,6 +4,7 @@
     w     = L * alpha, clamped to [w_min, w_max], mean 1       clamp_to_mean_one
     r_l   = r_base * (1 + beta * v_l / mean v) * w_l ** gamma  rank_scores
     integer ranks in [r_min, r_max] with sum r_l c_l <= budget project_to_budget
+    ... keeping ranks that would move by <= hysteresis      settle_ranks
 
 Everything here works on small 1-D tensors (one entry per adapted layer) in float64; the
 per-step pieces (shares, weights) run on any device without synchronising with the host,
@@ -30,11 +31,13 @@ def allocation_shares(importance: torch.Tensor, weighting: str = "softmax", tau:
     imp = importance.detach().to(torch.float64).clamp_min(0)
     if weighting == "softmax":
         return torch.softmax(imp / imp.mean().clamp_min(TINY) / tau, dim=0)
+    if weighting == "off":
+        return torch.full_like(imp, 1.0 / max(imp.numel(), 1))
     if weighting == "linear":
         total = imp.sum()
         uniform = torch.full_like(imp, 1.0 / max(imp.numel(), 1))
         return torch.where(total > 0, imp / total.clamp_min(TINY), uniform)
-    raise ValueError(f"weighting must be 'softmax' or 'linear', got {weighting!r}")
+    raise ValueError(f"weighting must be 'softmax', 'linear' or 'off', got {weighting!r}")
 
 
 def clamp_to_mean_one(weights: torch.Tensor, w_min: float, w_max: float) -> torch.Tensor:
@@ -135,3 +138,32 @@ def project_to_budget(scores: torch.Tensor | Sequence[float], costs: Sequence[in
 def adapter_parameters(ranks: Sequence[int], costs: Sequence[int]) -> int:
     """sum_l r_l (d_l + k_l): what the ranks cost."""
     return int(sum(int(r) * int(cost) for r, cost in zip(ranks, costs)))
+
+
+def settle_ranks(scores: torch.Tensor | Sequence[float], costs: Sequence[int], budget: int, current: Sequence[int],
+                 hysteresis: int, r_min: int = 0, r_max: int | None = None, exact: bool = True) -> list[int]:
+    """`project_to_budget`, except that layers whose new rank would differ from `current` by at
+    most `hysteresis` keep their current rank; the other layers share the rest of the budget.
+
+    Keeping a layer frees or takes a little budget, so the others are projected again with
+    what is left (their scores keep their ratios). If that leaves them nothing sensible (the
+    rest of the budget is below their r_min floor), the plain projection is used.
+    """
+    ranks = project_to_budget(scores, costs, budget, r_min, r_max, exact)
+    if hysteresis <= 0:
+        return ranks
+    keep = [abs(new - old) <= hysteresis for new, old in zip(ranks, current)]
+    if all(keep):
+        return [int(r) for r in current]
+    if not any(keep):
+        return ranks
+    s = torch.as_tensor(scores, dtype=torch.float64).tolist()
+    moving = [i for i, k in enumerate(keep) if not k]
+    left = budget - sum(int(current[i]) * int(costs[i]) for i, k in enumerate(keep) if k)
+    if left < r_min * sum(int(costs[i]) for i in moving):
+        return ranks
+    moved = project_to_budget([s[i] for i in moving], [costs[i] for i in moving], left, r_min, r_max, exact)
+    settled = [int(r) for r in current]
+    for i, r in zip(moving, moved):
+        settled[i] = r
+    return settled

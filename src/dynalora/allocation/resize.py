@@ -15,8 +15,12 @@ near zero.
 
 Optimizer state moves through the same maps: first-moment-like tensors (exp_avg, momentum)
 linearly, second-moment tensors (any state key containing "sq") through the squared maps,
-which is exact for selections and treats components as independent otherwise; state of new
-components is zero; scalar entries (Adam's `step`) are kept. The new `nn.Parameter`s take the
+which is exact for selections and treats components as independent otherwise; scalar entries
+(Adam's `step`) are kept. New components get zero first moments; their second moments are
+zero too (`seed=False`) or, by default, the mean over the existing components of the same
+tensor: Adam's step counter is shared by the whole tensor, so with zeros its bias correction
+no longer damps the first updates, and a grown component would move by 1-3 learning rates
+while the trained ones move by a fraction of one. The new `nn.Parameter`s take the
 old ones' places in `optimizer.param_groups`, so the optimizer holds exactly the live
 parameters. Parameters are replaced (not resized in place) because optimizers, autograd and
 `torch.compile` all assume a parameter's shape never changes.
@@ -88,9 +92,10 @@ def _selection(M: torch.Tensor) -> torch.Tensor | None:
     return None if M.numel() else M.new_zeros(0, dtype=torch.long)
 
 
-def _rows(tensor: torch.Tensor, M: torch.Tensor, grow: int, fill: float = 0.0) -> torch.Tensor:
+def _rows(tensor: torch.Tensor, M: torch.Tensor, grow: int, fill: float | None = 0.0) -> torch.Tensor:
     """[M @ tensor ; `grow` rows of `fill`] for a tensor whose first dim indexes components.
 
+    fill=None: the new rows are the mean of the kept rows (zeros when none is kept).
     Selections are indexed rather than multiplied, so kept values stay bit-exact whatever
     the matmul precision (TF32, bf16).
     """
@@ -101,13 +106,17 @@ def _rows(tensor: torch.Tensor, M: torch.Tensor, grow: int, fill: float = 0.0) -
     else:
         dtype = torch.promote_types(tensor.dtype, torch.float32)
         kept = (M.to(dtype) @ flat.to(dtype)).to(tensor.dtype)
-    new = torch.full((grow, flat.shape[1]), fill, dtype=tensor.dtype, device=tensor.device)
+    if fill is None:
+        mean = kept.mean(dim=0, keepdim=True) if kept.shape[0] else flat.new_zeros(1, flat.shape[1])
+        new = mean.expand(grow, -1)
+    else:
+        new = torch.full((grow, flat.shape[1]), fill, dtype=tensor.dtype, device=tensor.device)
     return torch.cat([kept, new]).reshape(-1, *tensor.shape[1:])
 
 
-def _cols(tensor: torch.Tensor, N: torch.Tensor, grow: int) -> torch.Tensor:
-    """[tensor @ N , `grow` zero columns] for B (out x r)."""
-    return _rows(tensor.T, N.T, grow).T.contiguous()
+def _cols(tensor: torch.Tensor, N: torch.Tensor, grow: int, fill: float | None = 0.0) -> torch.Tensor:
+    """[tensor @ N , `grow` columns of `fill`] for B (out x r); fill=None as in `_rows`."""
+    return _rows(tensor.T, N.T, grow, fill).T.contiguous()
 
 
 def _is_second_moment(key: str) -> bool:
@@ -125,9 +134,12 @@ def _replace(owner: nn.Module, attr: str, value: torch.Tensor,
 
 def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor | None = None,
                         grow: int = 0, optimizer: torch.optim.Optimizer | None = None,
-                        values: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                        values: tuple[torch.Tensor, torch.Tensor] | None = None, seed: bool = True,
+                        generator: torch.Generator | None = None) -> None:
     """A <- [M A; fresh], B <- [B N, 0], gates <- [M g; open], optimizer state alike.
 
+    seed: second moments of new components start at the kept components' mean (else 0).
+    generator: where fresh A rows are drawn from (None: torch's global RNG).
     `values` = (A_kept, B_kept) replaces M A and B N for the parameters themselves when the
     caller has them more accurately (the SVD shrink); the maps still move optimizer state.
     """
@@ -138,19 +150,24 @@ def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor |
         raise ValueError(f"component maps {tuple(M.shape)} / {tuple(N.shape)} do not fit rank {r_old}")
     r_new = M.shape[0] + grow
     M2, N2 = M.pow(2), N.pow(2)
+    seeded = None if seed else 0.0
 
-    def row_map(key: str, t: torch.Tensor) -> torch.Tensor:  # state of new components: 0
-        return _rows(t, M2 if _is_second_moment(key) else M, grow)
+    def row_map(key: str, t: torch.Tensor) -> torch.Tensor:
+        if _is_second_moment(key):
+            return _rows(t, M2, grow, seeded)
+        return _rows(t, M, grow)
 
     def col_map(key: str, t: torch.Tensor) -> torch.Tensor:
-        return _cols(t, N2 if _is_second_moment(key) else N, grow)
+        if _is_second_moment(key):
+            return _cols(t, N2, grow, seeded)
+        return _cols(t, N, grow)
 
     with torch.no_grad():
         A_kept, B_kept = values if values is not None else (
             _rows(adapter.lora_A, M, 0), _cols(adapter.lora_B, N, 0))
         # Fresh rows drawn as if the adapter were created at the new rank (the Gaussian init's
         # std depends on the rank), then the last `grow` of them taken.
-        fresh = adapter.new_A_rows(r_new, like=adapter.lora_A)[r_new - grow:] if grow else A_kept[:0]
+        fresh = adapter.new_A_rows(r_new, like=adapter.lora_A, generator=generator)[r_new - grow:] if grow else A_kept[:0]
         A = torch.cat([A_kept.to(adapter.lora_A.dtype), fresh])
         B = torch.cat([B_kept.to(adapter.lora_B.dtype), adapter.lora_B.new_zeros(adapter.out_features, grow)], dim=1)
         _replace(adapter, "lora_A", A, optimizer, row_map)
@@ -164,15 +181,18 @@ def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor |
             proj.out_features = r_new
 
 
-def grow_adapter(adapter: LoraAdapter, n: int, optimizer: torch.optim.Optimizer | None = None) -> ResizeResult:
-    """Append `n` components (A rows random, B columns zero): the output does not change."""
+def grow_adapter(adapter: LoraAdapter, n: int, optimizer: torch.optim.Optimizer | None = None,
+                 seed: bool = True, generator: torch.Generator | None = None) -> ResizeResult:
+    """Append `n` components (A rows random, B columns zero): the output does not change.
+
+    seed: Adam second moments of the new components start at the existing ones' mean."""
     if n < 0:
         raise ValueError(f"cannot grow by {n}")
     r = adapter.r
     if n == 0:
         return ResizeResult(r, r)
     eye = torch.eye(r, device=adapter.lora_A.device)
-    apply_component_map(adapter, eye, eye, grow=n, optimizer=optimizer)
+    apply_component_map(adapter, eye, eye, grow=n, optimizer=optimizer, seed=seed, generator=generator)
     return ResizeResult(r, r + n)
 
 
@@ -240,10 +260,11 @@ def shrink_adapter(adapter: LoraAdapter, r: int, method: str = "svd",
 
 
 def resize_adapter(adapter: LoraAdapter, r: int, method: str = "svd",
-                   optimizer: torch.optim.Optimizer | None = None) -> ResizeResult:
+                   optimizer: torch.optim.Optimizer | None = None, seed: bool = True,
+                   generator: torch.Generator | None = None) -> ResizeResult:
     """Grow or shrink to rank `r` (0 allowed), keeping the optimizer consistent."""
     if r < 0:
         raise ValueError(f"rank must be >= 0, got {r}")
     if r >= adapter.r:
-        return grow_adapter(adapter, r - adapter.r, optimizer)
+        return grow_adapter(adapter, r - adapter.r, optimizer, seed, generator)
     return shrink_adapter(adapter, r, method, optimizer)

@@ -1,0 +1,161 @@
+"""Dynamic LoRA's allocation converges and means something: the behaviour the defaults promise.
+
+Toys with known answers: identical layers must be treated alike, a layer that cannot lower
+the loss must lose budget without any weight pinned at a clamp, a stationary problem must
+settle, and the importance must not feed back on the layer's own weight or rank.
+"""
+
+import itertools
+
+import torch
+from allocation_helpers import (
+    ParallelToy,
+    TwoLayerToy,
+    bert_batches,
+    quiet_bert,
+    run_steps,
+    toy_training,
+    trainable,
+)
+
+from dynalora import LoraConfig, get_lora_model
+from dynalora.allocation import AllocationController, DynamicLoraConfig, grow_adapter
+from dynalora.allocation.scores import layer_gradient, layer_importance, layer_sensitivity
+
+
+def test_identical_layers_on_identical_data_end_alike():
+    config = DynamicLoraConfig(r=4, target_modules=["layers.0", "layers.1"])  # defaults otherwise
+    for seed in range(3):
+        model, controller, _ = toy_training(ParallelToy([1.0, 1.0], same_base=True, seed=seed), config, 60, seed=seed)
+        w = controller.weights.tolist()
+        assert max(w) / min(w) < 1.10, (seed, w)
+        assert model.ranks()["layers.0"] == model.ranks()["layers.1"]
+        assert len(controller.history) == 4  # the default schedule did reallocate
+
+
+def test_the_only_layer_that_matters_gets_the_larger_rank_and_no_weight_sits_at_a_clamp():
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"])
+    model, controller, _ = toy_training(TwoLayerToy(use_b=False), config, 60)
+    w = dict(zip(controller.names, controller.weights.tolist()))
+    assert model.ranks()["a"] > 4 > model.ranks()["b"] >= config.r_min
+    assert w["a"] > 1.2 and w["b"] < 0.8
+    assert all(config.w_min + 0.02 < v < config.w_max - 0.02 for v in w.values())
+    assert controller.history[-1]["importance"]["b"] == 0.0  # b's gradients are exactly 0
+    assert controller.summary()["parameters"] == controller.budget
+
+
+def direction_changes(ranks: list[int]) -> int:
+    steps = [b - a for a, b in itertools.pairwise(ranks) if b != a]
+    return sum(1 for s, t in itertools.pairwise(steps) if (s > 0) != (t > 0))
+
+
+def test_ranks_settle_on_a_stationary_problem():
+    names = [f"layers.{i}" for i in range(6)]
+    uses = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]
+    config = DynamicLoraConfig(r=4, target_modules=names)
+    for seed in range(2):
+        model, controller, _ = toy_training(ParallelToy(uses, seed=seed), config, 200, seed=seed)
+        for name in names:
+            after_first = [h["ranks"][name] for h in controller.history]
+            assert direction_changes(after_first) <= 1, (seed, name, after_first)
+        ranks = model.ranks()
+        assert ranks["layers.0"] > 4 > ranks["layers.5"]  # and the budget went where it matters
+        w = controller.weights.tolist()
+        assert w == sorted(w, reverse=True)  # weights ordered like the layers' uses
+
+
+def test_paper_literal_settings_flap_on_the_same_problem():
+    # What the defaults fix: element-mean importance, weights in the forward, 12 reallocations.
+    names = [f"layers.{i}" for i in range(6)]
+    paper = DynamicLoraConfig(r=4, target_modules=names, importance="magnitude", weight_mode="forward", tau=1.0,
+                              w_min=0.25, w_max=4.0, hysteresis=0, reallocations=12, r_min=0, beta=1.0,
+                              t_final=140)
+    _, controller, _ = toy_training(ParallelToy([1.0, 0.8, 0.5, 0.3, 0.1, 0.0]), paper, 200)
+    flaps = [direction_changes([h["ranks"][n] for h in controller.history]) for n in names]
+    assert max(flaps) >= 3
+
+
+def one_backward(model, x):
+    model.zero_grad()
+    model(x).backward()
+    return list(model.adapter_modules().values())
+
+
+def test_importance_does_not_follow_the_layers_own_weight():
+    config = DynamicLoraConfig(r=4, target_modules=["a", "b"], weight_mode="forward")
+    model = get_lora_model(TwoLayerToy(), config)
+    with torch.no_grad():  # a small learned update: w = 4 barely changes the loss's gradient
+        for adapter in model.adapter_modules().values():
+            adapter.lora_B.normal_(std=1e-3)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    base = {f.__name__: f(one_backward(model, x))[0] for f in (layer_gradient, layer_sensitivity, layer_importance)}
+    model.adapter_modules()["a"].weight.fill_(4.0)  # the paper's forward weight of layer a
+    moved = {f.__name__: f(one_backward(model, x))[0] for f in (layer_gradient, layer_sensitivity, layer_importance)}
+    for name in ("layer_gradient", "layer_sensitivity"):
+        assert abs(float(moved[name][0] / base[name][0]) - 1) < 0.05, name
+    assert float(moved["layer_importance"][0] / base["layer_importance"][0]) > 3  # the paper's feeds back
+
+
+def test_importance_is_not_diluted_when_a_layer_grows():
+    model = get_lora_model(TwoLayerToy(), DynamicLoraConfig(r=4, target_modules=["a", "b"]))
+    with torch.no_grad():
+        for adapter in model.adapter_modules().values():
+            adapter.lora_B.normal_(std=0.1)
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    before = {f: f(one_backward(model, x))[0][0] for f in (layer_gradient, layer_sensitivity, layer_importance)}
+    grow_adapter(model.adapter_modules()["a"], 12, generator=torch.Generator().manual_seed(1))
+    after = {f: f(one_backward(model, x))[0][0] for f in (layer_gradient, layer_sensitivity, layer_importance)}
+    assert torch.allclose(after[layer_sensitivity], before[layer_sensitivity], rtol=1e-5)  # new b_i = 0 add 0
+    assert abs(float(after[layer_gradient] / before[layer_gradient]) - 1) < 0.3  # random new directions
+    assert float(after[layer_importance] / before[layer_importance]) < 0.4  # the element mean: / 4
+
+
+def test_weights_act_as_per_layer_learning_rate_multipliers():
+    def build():
+        model = get_lora_model(quiet_bert(), DynamicLoraConfig(r=4, modules_to_save=["classifier"]))
+        opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+        return model, opt
+
+    batches = bert_batches(3)
+    plain, plain_opt = build()
+    scaled, scaled_opt = build()
+    controller = AllocationController(scaled, scaled_opt, total_steps=1000)
+    for model, opt in ((plain, plain_opt), (scaled, scaled_opt)):
+        for batch in batches[:2]:  # Adam state first, unscaled (weights are 1 during warm-up)
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    w = torch.tensor([2.0, 0.5, 1.5, 0.0], dtype=torch.float64)
+    controller.weights, controller.weight_target = w, w
+    before = {n: (a.lora_A.detach().clone(), a.lora_B.detach().clone()) for n, a in scaled.adapter_modules().items()}
+    for model, opt in ((plain, plain_opt), (scaled, scaled_opt)):
+        model(**batches[2]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for (name, adapter), other, factor in zip(scaled.adapter_modules().items(), plain.adapter_modules().values(), w):
+        for mine, theirs, start in zip((adapter.lora_A, adapter.lora_B), (other.lora_A, other.lora_B), before[name]):
+            assert torch.allclose(mine - start, factor.float() * (theirs - start), atol=1e-7), name
+    assert all(float(a.weight) == 1.0 for a in scaled.adapter_modules().values())  # the forward is unweighted
+    # The head (not an adapter) steps as usual.
+    assert torch.allclose(scaled.base_model.classifier.weight, plain.base_model.classifier.weight)
+
+
+def test_all_linear_budget_is_uniform_lora_on_the_same_targets(tmp_path):
+    config = DynamicLoraConfig(r=4, target_modules="all-linear", modules_to_save=["classifier"],
+                               hysteresis=0, tau=0.5)
+    model = get_lora_model(quiet_bert(), config)
+    uniform = get_lora_model(quiet_bert(), LoraConfig(r=4, target_modules="all-linear", modules_to_save=["classifier"]))
+    lora_params = sum(a.lora_A.numel() + a.lora_B.numel() for a in uniform.adapter_modules().values())
+    opt = torch.optim.AdamW(trainable(model), lr=2e-2)
+    controller = AllocationController(model, opt, total_steps=40)
+    assert len(controller.names) == 12 and controller.budget == lora_params  # q, k, v, o, up, down x 2 blocks
+    run_steps(model, controller, opt, bert_batches(40))
+    live = sum(a.lora_A.numel() + a.lora_B.numel() for a in model.adapter_modules().values())
+    assert live == controller.history[-1]["parameters"] <= controller.budget
+    assert controller.budget - live < min(controller.costs)
+    summary = controller.summary()
+    assert set(summary["ranks_by_type"]) == {"query", "key", "value", "dense"}
+    assert summary["reallocations"] == 4 and summary["resizes"] > 0
+    assert 0.5 <= summary["weight_min"] <= 1 <= summary["weight_max"] <= 2
+    controller.plot(tmp_path / "allocation.png")
+    assert (tmp_path / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
