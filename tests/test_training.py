@@ -240,6 +240,7 @@ def test_every_method_trains_and_evaluate_reproduces_it(method: str, tiny_model_
         assert head < metrics["trainable_params"] < metrics["total_params"]
     if method in ("dynamic", "rank1"):
         assert (tmp_path / "allocation.json").is_file() and (tmp_path / "allocation.png").is_file()
+        assert metrics["allocation"]["method"] == method and "ranks_by_type" in metrics["allocation"]
 
 
 # -- own data -------------------------------------------------------------------------------------------

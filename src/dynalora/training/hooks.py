@@ -9,7 +9,8 @@ One optimizer step (see dynalora.training.loop):
     hook.on_step_end(step)
 `state_dict()` is saved in checkpoints and `load_state_dict()` restores it BEFORE the model's
 and optimizer's state (a controller may first resize adapters to the saved ranks);
-`write_report(folder)` runs once when training ends (plots, JSON).
+`write_report(folder)` runs once when training ends (plots, JSON); `summary()` gives entries
+for metrics.json (e.g. {"allocation": ...}).
 
 A hook may implement any subset: `StepHook` gives no-op defaults to subclass, and
 `as_step_hook` wraps any other object (e.g. a user's callback with only `on_step_end`), so
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 HOOK_METHODS = ("loss_terms", "after_optimizer_step", "on_step_end", "state_dict", "load_state_dict",
-                "write_report")
+                "write_report")  # not `summary`: a wrapped object's unrelated summary() must not reach metrics.json
 
 
 class StepHook:
@@ -49,6 +50,10 @@ class StepHook:
 
     def write_report(self, folder: Path) -> None:
         """Files written into the run folder once training has ended."""
+
+    def summary(self) -> dict[str, Any]:
+        """Entries this hook adds to metrics.json once training has ended (none by default)."""
+        return {}
 
 
 class _Partial(StepHook):

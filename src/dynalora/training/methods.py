@@ -84,9 +84,14 @@ class AllocationHook(StepHook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state)
 
+    def summary(self) -> dict[str, Any]:
+        """metrics.json's `allocation`: the controller's short account of the run."""
+        return {"allocation": _jsonable(self.controller.summary())}
+
     def write_report(self, folder: Path) -> None:
         from dynalora.files import write_json
 
+        self.controller.remove_hooks()
         write_json(folder / "allocation.json", _jsonable(self.controller.history))
         if self.controller.history:  # a run too short to reallocate has nothing to plot
             self.controller.plot(folder / "allocation.png")

@@ -123,7 +123,8 @@ def run_loop(config: Any, setup: RunSetup, checkpoint: Checkpoint | None, callba
 
 
 def summary(outcome: RunOutcome) -> dict[str, Any]:
-    """The metrics.json fields every task reports: the best evaluation and the run's size."""
+    """The metrics.json fields every task reports: the best evaluation and the run's size, plus
+    what the step hooks add (dynamic LoRA / Rank-1: the allocation summary)."""
     best, state = outcome.best, outcome.loop.state
     trainable, total = count_parameters(outcome.setup.prepared.model)
     return {
@@ -131,6 +132,7 @@ def summary(outcome: RunOutcome) -> dict[str, Any]:
         "metrics": best["metrics"], "steps": state["step"], "total_steps": outcome.loop.total_steps,
         "stopped_early": state["stopped"], "train_wall_s": round(state["train_wall_s"], 2),
         "trainable_params": trainable, "total_params": total, "lr": outcome.setup.lr,
+        **{key: value for hook in outcome.loop.hooks for key, value in (hook.summary() or {}).items()},
     }
 
 
