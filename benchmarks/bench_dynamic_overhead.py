@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             "labels": torch.randint(0, 2, (args.batch,), generator=gen).to(args.device),
         }
         step = controller.step + 1
-        sampled = controller.stats.attached
+        sampled = controller.stats is not None and controller.stats.attached  # None: beta = 0
         realloc = step > 2 and (step - 2) % args.delta_t == 0 and step <= total
         runs = [("plain", plain, plain_opt, None), ("dynamic", dynamic, dynamic_opt, controller)]
         if i % 2:

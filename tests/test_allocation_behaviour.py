@@ -62,6 +62,15 @@ def test_ranks_settle_on_a_stationary_problem():
         assert ranks["layers.0"] > 4 > ranks["layers.5"]  # and the budget went where it matters
         w = controller.weights.tolist()
         assert w == sorted(w, reverse=True)  # weights ordered like the layers' uses
+    # weight_mode="ranks" (an ablation): the same ranks, but the learning rates are left alone.
+    ranks_only = DynamicLoraConfig(r=4, target_modules=names, weight_mode="ranks")
+    model, controller, _ = toy_training(ParallelToy(uses), ranks_only, 200)
+    assert not controller._scales_learning_rates() and model.ranks()["layers.0"] > 4 > model.ranks()["layers.5"]
+    # reallocations=0 (an ablation): the weights still move, the ranks never do.
+    fixed = DynamicLoraConfig(r=4, target_modules=names, reallocations=0)
+    model, controller, _ = toy_training(ParallelToy(uses), fixed, 60)
+    assert not controller.history and set(model.ranks().values()) == {4}
+    assert float(controller.weights[0]) > 1.2
 
 
 def test_paper_literal_settings_flap_on_the_same_problem():
@@ -154,7 +163,8 @@ def test_all_linear_budget_is_uniform_lora_on_the_same_targets(tmp_path):
     assert live == controller.history[-1]["parameters"] <= controller.budget
     assert controller.budget - live < min(controller.costs)
     summary = controller.summary()
-    assert set(summary["ranks_by_type"]) == {"query", "key", "value", "dense"}
+    assert set(summary["ranks_by_type"]) == {"attention.self.query", "attention.self.key", "attention.self.value",
+                                             "attention.output.dense", "intermediate.dense", "output.dense"}
     assert summary["reallocations"] == 4 and summary["resizes"] > 0
     assert 0.5 <= summary["weight_min"] <= 1 <= summary["weight_max"] <= 2
     controller.plot(tmp_path / "allocation.png")

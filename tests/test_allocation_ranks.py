@@ -132,7 +132,7 @@ def test_rank_scores_variance_and_gamma():
     ({"importance": "grad"}, "importance"),
     ({"weight_mode": "both"}, "weight_mode"),
     ({"hysteresis": -1}, "hysteresis"),
-    ({"reallocations": 0}, "reallocations"),
+    ({"reallocations": -1}, "reallocations"),
     ({"grow_state": "random"}, "grow_state"),
 ])
 def test_dynamic_config_errors_name_the_field(kwargs, field):

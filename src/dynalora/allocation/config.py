@@ -52,7 +52,8 @@ class DynamicLoraConfig(LoraConfig):
         (each adapter's optimizer update is scaled by w_l): what w does with Adam in the paper
         anyway, but without rescaling the function already learned when w moves and without
         scaling the layer's gradients (so gradient clipping sees every layer alike).
-        `weight_mode="forward"` is the paper-literal `s * w * B A x`. Bounds [0.5, 2] and
+        `weight_mode="forward"` is the paper-literal `s * w * B A x`; `"ranks"` computes the
+        weights only to steer the ranks (the ablation "weights removed, reallocation kept"). Bounds [0.5, 2] and
         tau = 2 keep the learning rates within a factor 4 of each other; the paper's
         [0.25, 4] with tau = 1 drove weights to the clamps.
     Ranks (2c). r_l ~ r * (1 + beta * v~_l) * w_l ** gamma, projected onto the budget in
@@ -64,7 +65,8 @@ class DynamicLoraConfig(LoraConfig):
         its rank (the others share what is left of the budget): changes of one rank are
         noise, and each change costs an SVD reparametrisation or fresh components.
     Schedule (2d). `reallocations` reallocations (default 4, at t_warmup + k * delta_t, the
-        last at t_final; delta_t None: (t_final - t_warmup) / reallocations). Weights move
+        last at t_final; delta_t None: (t_final - t_warmup) / reallocations; 0: ranks never
+        change, the ablation "weights without reallocation"). Weights move
         from t_warmup + 1 to t_final; after t_final ranks, weights and statistics are frozen
         (the frozen weights keep scaling the learning rates). Few, large reallocations settle;
         the old 12 made each layer's rank reverse direction 2.5 times on average.
@@ -123,14 +125,16 @@ class DynamicLoraConfig(LoraConfig):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, name, "must be in [0, 1)", value)
         _check_choice(self, "weighting", ("softmax", "linear", "off"))
-        _check_choice(self, "weight_mode", ("lr", "forward"))
+        _check_choice(self, "weight_mode", ("lr", "forward", "ranks"))
         check(self.tau > 0, "tau", "must be > 0", self.tau)
         check(0 < self.w_min <= 1.0, "w_min", "must be in (0, 1] (weights have mean 1)", self.w_min)
         check(self.w_max >= 1.0, "w_max", "must be >= 1 (weights have mean 1)", self.w_max)
         check(self.beta >= 0, "beta", "must be >= 0", self.beta)
         check(self.gamma >= 0, "gamma", "must be >= 0", self.gamma)
-        for name in ("weight_every", "stats_every", "stats_max_tokens", "reallocations"):
+        for name in ("weight_every", "stats_every", "stats_max_tokens"):
             check(_pos_int(getattr(self, name)), name, "must be a positive integer", getattr(self, name))
+        check(is_int(self.reallocations) and self.reallocations >= 0, "reallocations",
+              "must be an integer >= 0 (0: ranks never change)", self.reallocations)
         check(is_int(self.hysteresis) and self.hysteresis >= 0, "hysteresis", "must be an integer >= 0",
               self.hysteresis)
         check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0", self.r_min)
@@ -152,7 +156,7 @@ class DynamicLoraConfig(LoraConfig):
         warmup = self.t_warmup if self.t_warmup is not None else _fraction(total_steps, WARMUP_FRACTION, "t_warmup")
         final = self.t_final if self.t_final is not None else _fraction(total_steps, FINAL_FRACTION, "t_final")
         check(warmup <= final, "t_final", f"must be >= t_warmup ({warmup})", final)
-        delta = self.delta_t if self.delta_t is not None else max(1, (final - warmup) // self.reallocations)
+        delta = self.delta_t if self.delta_t is not None else max(1, (final - warmup) // max(self.reallocations, 1))
         return warmup, final, delta
 
 

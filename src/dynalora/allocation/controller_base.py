@@ -36,7 +36,6 @@ state dict, then the optimizer's.
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -46,7 +45,7 @@ import torch
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.layer import LoraAdapter
 from dynalora.adapters.model import DynaLoraModel
-from dynalora.allocation.plot import plot_history
+from dynalora.allocation.plot import module_type, plot_history
 from dynalora.allocation.resize import resize_adapter, unwrap_optimizer
 from dynalora.allocation.scores import regulariser
 
@@ -249,7 +248,7 @@ class AllocationController:
         plot_history(self.history, self.names, path, title)
 
     def ranks_by_type(self) -> dict[str, dict[str, float]]:
-        """Final ranks grouped by module type (the last name part: query, value, q_proj, ...)."""
+        """Final ranks grouped by module type (the path inside a block: attention.self.query, mlp.up_proj, ...)."""
         groups: dict[str, list[int]] = {}
         for name, r in self.ranks().items():
             groups.setdefault(module_type(name), []).append(r)
@@ -259,14 +258,3 @@ class AllocationController:
     def resizes(self) -> int:
         """How many layer resizes the run made (a layer changing rank once counts one)."""
         return sum(len(r.get("changed", r.get("removed", {}))) for r in self.history)
-
-
-def module_type(name: str) -> str:
-    """'bert.encoder.layer.3.attention.self.query' -> 'query'; 'model.layers.0.mlp.up_proj' -> 'up_proj'."""
-    return name.rsplit(".", 1)[-1]
-
-
-def block_index(name: str) -> int | None:
-    """The last integer part of a module name (the transformer block), or None."""
-    found = re.findall(r"\.(\d+)\.", name)
-    return int(found[-1]) if found else None

@@ -91,7 +91,7 @@ class DynamicLoraController(AllocationController):
             self._track_importance()
             if t > warmup and cfg.weighting != "off":
                 self._move_weights(refresh=(t - warmup - 1) % cfg.weight_every == 0)
-            if t > warmup and (t - warmup) % delta == 0:
+            if cfg.reallocations and t > warmup and (t - warmup) % delta == 0:
                 record = self._reallocate()
         self._set_hooks_for(t + 1)
         return record

@@ -17,11 +17,17 @@ from dynalora.files import atomic_path
 MAX_TICK_LABELS = 60
 
 
+def module_type(name: str) -> str:
+    """The module's path inside its block: 'bert.encoder.layer.3.attention.output.dense' ->
+    'attention.output.dense' (BERT has three kinds of 'dense'); without a block index, the leaf."""
+    found = list(re.finditer(r"\.(\d+)\.", name))
+    return name[found[-1].end():] if found else name.rsplit(".", 1)[-1]
+
+
 def short_layer_name(name: str) -> str:
-    """'bert.encoder.layer.3.attention.self.query' -> '3.query' (index + module)."""
+    """'bert.encoder.layer.3.attention.self.query' -> '3.attention.self.query' (block + type)."""
     index = re.findall(r"\.(\d+)\.", name)
-    leaf = name.rsplit(".", 1)[-1]
-    return f"{index[-1]}.{leaf}" if index else leaf
+    return f"{index[-1]}.{module_type(name)}" if index else module_type(name)
 
 
 def _per_layer(value: Any, names: list[str]) -> list[float]:
@@ -38,7 +44,7 @@ def block_grid(ranks: dict[str, int]) -> tuple[list[int], list[str], list[list[f
         found = re.findall(r"\.(\d+)\.", name)
         if not found:
             return None
-        cells[(int(found[-1]), name.rsplit(".", 1)[-1])] = r
+        cells[(int(found[-1]), module_type(name))] = r
     blocks = sorted({b for b, _ in cells})
     kinds = sorted({k for _, k in cells})
     if len(kinds) < 2 or len(blocks) < 2:
@@ -96,7 +102,7 @@ def plot_history(history: list[dict[str, Any]], names: list[str], path: str | os
         blocks, kinds, cells = grid
         ax = fig.add_subplot(slots[len(panels)])
         image = ax.imshow(cells, aspect="auto", interpolation="nearest", cmap="viridis")
-        ax.set_xticks(range(len(kinds)), kinds, fontsize=7)
+        ax.set_xticks(range(len(kinds)), kinds, fontsize=7, rotation=20, ha="right")
         every = max(1, -(-len(blocks) // MAX_TICK_LABELS))
         ax.set_yticks(range(0, len(blocks), every), [str(b) for b in blocks][::every], fontsize=7)
         ax.set_ylabel("block")
