@@ -296,3 +296,32 @@ def test_plot_writes_a_png(tmp_path):
     run_steps(model, controller, opt, bert_batches(12))
     controller.plot(tmp_path / "ranks.png")
     assert (tmp_path / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reduce_hook_sees_the_local_statistics_and_growth_ignores_the_global_rng():
+    # `reduce` is where a multi-process run plugs an all-reduce mean: decisions use its output.
+    seen = []
+
+    def fake_all_reduce(tensor):
+        seen.append(tensor.clone())
+        return torch.tensor([1.0, 9.0], dtype=tensor.dtype, device=tensor.device)
+
+    def run(rng_seed, reduce=None):
+        config = DynamicLoraConfig(r=4, target_modules=["a", "b"], t_warmup=5, t_final=10, delta_t=5, stats_every=1,
+                                   beta=1.0, gamma=0.0, hysteresis=0)
+        model = get_lora_model(TwoLayerToy(), config)
+        opt = torch.optim.AdamW(trainable(model), lr=1e-2)
+        controller = AllocationController(model, opt, reduce=reduce)
+        torch.manual_seed(rng_seed)  # another process's RNG stream
+        toy_steps(model, controller, opt, 10)
+        return model, controller
+
+    model, controller = run(0, fake_all_reduce)
+    assert len(seen) == 1 and seen[0].shape == (2,)  # at the reallocation (step 10): the local variances
+    assert controller.history[-1]["variance"] == {"a": 1.0, "b": 9.0}
+    assert model.ranks()["b"] > model.ranks()["a"]  # gamma = 0: ranks follow the reduced variance
+    # Fresh components come from a generator seeded by the step, not from the global RNG.
+    other, _ = run(123, fake_all_reduce)
+    for mine, theirs in zip(model.adapter_modules().values(), other.adapter_modules().values()):
+        assert mine.r == theirs.r
+        assert torch.equal(mine.lora_A[4:], theirs.lora_A[4:])
