@@ -25,7 +25,15 @@ def module_type(name: str) -> str:
 
 
 def short_layer_name(name: str) -> str:
-    """'bert.encoder.layer.3.attention.self.query' -> '3.attention.self.query' (block + type)."""
+    """'bert.encoder.layer.3.attention.self.query' -> '3.query' (block index + leaf)."""
+    index = re.findall(r"\.(\d+)\.", name)
+    leaf = name.rsplit(".", 1)[-1]
+    return f"{index[-1]}.{leaf}" if index else leaf
+
+
+def layer_label(name: str) -> str:
+    """'bert.encoder.layer.3.attention.output.dense' -> '3.attention.output.dense' (block +
+    module type): unambiguous where leaves repeat (BERT's three 'dense' per block)."""
     index = re.findall(r"\.(\d+)\.", name)
     return f"{index[-1]}.{module_type(name)}" if index else module_type(name)
 
@@ -64,7 +72,7 @@ def _heatmap(fig: Any, slot: Any, rows: list[list[float]], names: list[str], ste
                                       vmax=max([*flat, center + 1e-6]))
     image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap=cmap, **kwargs)
     every = max(1, -(-len(names) // MAX_TICK_LABELS))
-    ax.set_yticks(range(0, len(names), every), [short_layer_name(n) for n in names][::every],
+    ax.set_yticks(range(0, len(names), every), [layer_label(n) for n in names][::every],
                   fontsize=max(4, min(8, 400 // max(len(names), 1))))
     ticks = list(range(0, len(steps), max(1, len(steps) // 12)))
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
