@@ -24,7 +24,7 @@ SENTENCES = ["movie good", "the bad", "awful", "really nice film"]
 
 def train_flags(model: Path, data: Path, output: Path) -> list[str]:
     return ["train", "--task", "sst2", "--model", str(model), "--data-dir", str(data), "--output", str(output),
-            "--batch-size", "8", "--lr", "0.01", "--head-lr", "0.1", "--head-dropout", "0", "--no-progress"]
+            "--batch-size", "8", "--lr", "0.01", "--head-lr", "0.1", "--head-dropout", "0", "--no-progress", "--max-length", "64"]
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -140,7 +140,7 @@ def test_inspect_prints_each_layer_with_its_rank_weight_and_parameters(trained, 
     out, _ = trained
     code, stdout, _ = run_cli(capsys, "inspect", "--adapter", out)
     assert code == 0
-    layers = json.loads((out / "dynalora_config.json").read_text())["layers"]
+    layers = json.loads((out / "best" / "dynalora_config.json").read_text())["layers"]
     rows = {line.split()[0]: line.split() for line in stdout.splitlines()[2:] if line and not line.startswith("trained")}
     assert set(layers) < set(rows) and "classifier" in rows
     for name, layer in layers.items():
@@ -227,7 +227,7 @@ def test_config_file_values_are_used_and_flags_override_them(capsys, tmp_path: P
     metadata = read_run(tmp_path / "run")["metadata"]
     assert (metadata["rank"], metadata["alpha"], metadata["lr"]) == (2, 8.0, 0.01)  # rank: the flag wins
     assert metadata["method_options"] == {"use_rslora": True, "init": "kaiming"}  # merged key by key
-    adapter = json.loads((tmp_path / "run" / "dynalora_config.json").read_text())
+    adapter = json.loads((tmp_path / "run" / "best" / "dynalora_config.json").read_text())
     assert {layer["r"] for layer in adapter["layers"].values()} == {2}
     assert all(layer["scaling"] == pytest.approx(8 / 2**0.5) for layer in adapter["layers"].values())  # rsLoRA
     config.write_text("epochs: 1\nlearning_rte: 0.1\n")
@@ -239,7 +239,7 @@ def test_resumed_cli_run_keeps_its_tensors(capsys, tmp_path: Path, tiny_model_di
     """`--resume` on a finished run's folder: the checkpoint is at the last step, nothing more trains."""
     flags = [*train_flags(tiny_model_dir, tiny_glue_dir, tmp_path / "run"), "--epochs", "1"]
     assert run_cli(capsys, *flags)[0] == 0
-    before = load_tensors(tmp_path / "run" / "dynalora_adapter.safetensors")
+    before = load_tensors(tmp_path / "run" / "best" / "dynalora_adapter.safetensors")
     code, stdout, _ = run_cli(capsys, *flags, "--resume")
     assert code == 0 and json.loads(stdout)["steps"] == 12
-    assert_same_tensors(load_tensors(tmp_path / "run" / "dynalora_adapter.safetensors"), before)
+    assert_same_tensors(load_tensors(tmp_path / "run" / "best" / "dynalora_adapter.safetensors"), before)

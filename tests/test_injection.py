@@ -87,7 +87,7 @@ def test_model_without_default_targets_asks_for_them():
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(TargetError, match=r"no default target modules.*pass target_modules"):
         get_lora_model(model, LoraConfig())
-    assert lora_layer_names(get_lora_model(model, LoraConfig(target_modules=["0"]))) == ["base_model.0"]
+    assert lora_layer_names(get_lora_model(model, LoraConfig(r=4, target_modules=["0"]))) == ["base_model.0"]
 
 
 def test_rank_and_alpha_patterns_use_peft_matching():

@@ -43,14 +43,14 @@ def test_sft_trains_and_writes_the_run_folder(data, tmp_path, method):
     options = {"t_warmup": 2, "delta_t": 2, "t_final": 6} if method == "dynamic" else {}
     metrics = run(config(data, out, method=method, epochs=3, method_options=options))
     assert metrics["metrics"]["loss"] < metrics["initial_metrics"]["loss"] - 0.3
-    for name in ("dynalora_config.json", "dynalora_adapter.safetensors", "metrics.json", "log.jsonl",
-                 "curves.png", "dynalora_sft_run.json"):
+    for name in ("best/dynalora_config.json", "best/dynalora_adapter.safetensors", "metrics.json", "log.jsonl",
+                 "curves.png", "best/dynalora_sft_run.json"):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "latest.json").is_file()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "data" and records[0]["train"]["kept"] == len(RECORDS)
     assert sum(r["kind"] == "train" for r in records) == metrics["steps"] == 12
-    document = json.loads((out / "dynalora_config.json").read_text())
+    document = json.loads((out / "best" / "dynalora_config.json").read_text())
     assert document["metadata"]["base_model"] == "tiny" and document["config"]["method"] == method
     assert sorted({n.rsplit(".", 1)[1] for n in document["layers"]}) == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -82,8 +82,8 @@ def test_resumed_sft_run_matches_an_uninterrupted_one(data, tmp_path):
         run(config(data, tmp_path / "cut", epochs=2, checkpoint_every=1), [Crash()])
     resumed = run(config(data, tmp_path / "cut", epochs=2, checkpoint_every=1, resume=True))
     assert resumed["metrics"] == full["metrics"]
-    a = load_tensors(tmp_path / "full" / "dynalora_adapter.safetensors")
-    b = load_tensors(tmp_path / "cut" / "dynalora_adapter.safetensors")
+    a = load_tensors(tmp_path / "full" / "best" / "dynalora_adapter.safetensors")
+    b = load_tensors(tmp_path / "cut" / "best" / "dynalora_adapter.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["kind"] == "train"] == list(range(1, 9))

@@ -50,8 +50,8 @@ def lora_run(tiny_model_dir: Path, tiny_glue_dir: Path, tmp_path_factory: pytest
 # -- one run: files, log, learning ----------------------------------------------------------------
 def test_train_writes_adapter_metrics_log_and_curves(lora_run) -> None:
     out, _, metrics = lora_run
-    for name in ("dynalora_config.json", "dynalora_adapter.safetensors", "dynalora_run.json", "metrics.json",
-                 "log.jsonl", "curves.png"):
+    for name in ("best/dynalora_config.json", "best/dynalora_adapter.safetensors", "best/dynalora_run.json",
+                 "metrics.json", "log.jsonl", "curves.png"):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -229,8 +229,8 @@ def test_every_method_trains_and_evaluate_reproduces_it(method: str, tiny_model_
     assert metrics["method"] == method and metrics["steps"] == 12
     assert evaluate(tmp_path)["metrics"] == metrics["metrics"]
     lora_family = method in ("lora", "dynamic", "rank1")
-    assert (tmp_path / "dynalora_config.json").is_file() == lora_family
-    assert (tmp_path / "trained_state.safetensors").is_file() == (not lora_family)
+    assert (tmp_path / "best" / "dynalora_config.json").is_file() == lora_family
+    assert (tmp_path / "best" / "trained_state.safetensors").is_file() == (not lora_family)
     head = 32 * 2 + 2
     if method == "head":
         assert metrics["trainable_params"] == head

@@ -25,7 +25,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # head needs a large learning rate; no dropout anywhere keeps runs comparable step by step.
 TINY_SETTINGS: dict[str, Any] = {
     "task": "sst2", "epochs": 3.0, "batch_size": 8, "eval_batch_size": 16, "lr": 1e-2, "head_lr": 0.1,
-    "head_dropout": 0.0, "progress": False,
+    "head_dropout": 0.0, "progress": False, "max_length": 64,  # the tiny model has 64 positions
 }
 
 
@@ -115,8 +115,9 @@ def majority_share(table: Path) -> float:
 
 def saved_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     """What a run saved as its trained model (adapter file, or the trained-state file)."""
-    adapter = run_dir / "dynalora_adapter.safetensors"
-    return load_tensors(adapter if adapter.is_file() else run_dir / "trained_state.safetensors")
+    folder = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
+    adapter = folder / "dynalora_adapter.safetensors"
+    return load_tensors(adapter if adapter.is_file() else folder / "trained_state.safetensors")
 
 
 def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:

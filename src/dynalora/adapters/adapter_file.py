@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from dynalora import files
+from dynalora.adapters.checks import check_layer_entries, check_tensors
 from dynalora.adapters.config import LoraConfig, config_from_dict
 from dynalora.adapters.layer import LoraAdapter
 from dynalora.errors import AdapterFileError
+from dynalora.runs.publish import results_folder
 
 CONFIG_FILE = "dynalora_config.json"
 WEIGHTS_FILE = "dynalora_adapter"  # .safetensors
@@ -57,10 +59,12 @@ def write_adapter(path: str | Path, config: LoraConfig, adapters: dict[str, Lora
 
 
 def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Our JSON document and tensors from an adapter folder, with clear errors."""
+    """Our JSON document and tensors from an adapter folder (or a run folder's `best/`), with
+    clear errors; see `checks` for what is verified before anything is built from them."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterFileError(f"adapter folder not found: {path}")
+    path = results_folder(path)
     if not (path / CONFIG_FILE).is_file() and (path / "adapter_config.json").is_file():
         raise AdapterFileError(
             f"{path} holds a Hugging Face PEFT adapter; load it with DynaLoraModel.from_peft()"
@@ -76,7 +80,10 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
             f"{path}: adapter format version {document['version']} is newer than this dynalora "
             f"reads ({FORMAT_VERSION}); upgrade dynalora"
         )
-    state = files.load_tensors(files.find_weights(path, WEIGHTS_FILE), allow_pickle)
+    check_layer_entries(document, path / CONFIG_FILE)
+    weights = files.find_weights(path, WEIGHTS_FILE)
+    state = files.load_tensors(weights, allow_pickle)
+    check_tensors(state, weights)
     return document, state
 
 

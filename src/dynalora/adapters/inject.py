@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from dynalora.adapters.config import DEFAULT_TARGETS, LoraConfig
+from dynalora.adapters.config import DEFAULT_TARGETS, ConfigError, LoraConfig
 from dynalora.adapters.layer import SUPPORTED_BASE_TYPES, LoraAdapter, LoraLayer, base_shape
 from dynalora.errors import TargetError
 
@@ -120,12 +120,16 @@ def inject_adapters(model: nn.Module, config: LoraConfig, adapter_name: str = "d
     Returns the LoRA layers by full module name. Does not change which parameters train.
     """
     layers: dict[str, LoraLayer] = {}
-    for name in resolve_targets(model, config):
+    targets = resolve_targets(model, config)
+    planned = {name: ranks[name] if ranks and name in ranks else int(pattern_value(name, config.rank_pattern, config.r))
+               for name in targets}
+    check_ranks_fit(model, planned)  # before anything is allocated or swapped
+    for name in targets:
         module = model.get_submodule(name)
         if not isinstance(module, LoraLayer):
             module = LoraLayer(module)
             _set_submodule(model, name, module)
-        r = ranks[name] if ranks and name in ranks else int(pattern_value(name, config.rank_pattern, config.r))
+        r = planned[name]
         if scalings and name in scalings:
             scaling = scalings[name]
         else:
@@ -137,6 +141,19 @@ def inject_adapters(model: nn.Module, config: LoraConfig, adapter_name: str = "d
         module.add_adapter(adapter_name, adapter)
         layers[name] = module
     return layers
+
+
+def check_ranks_fit(model: nn.Module, ranks: dict[str, int]) -> None:
+    """A rank above the layer's larger side is no low-rank update (and may not fit in memory)."""
+    for name, r in ranks.items():
+        module = model.get_submodule(name)
+        base = module.base if isinstance(module, LoraLayer) else module
+        if not isinstance(base, SUPPORTED_BASE_TYPES):
+            continue  # LoraLayer says why it cannot wrap it
+        out_f, in_f = base_shape(base)
+        if r > max(in_f, out_f):
+            raise ConfigError(f"rank={r}: more than the size of layer {name} ({in_f} -> {out_f}); "
+                              f"use a rank of at most {min(in_f, out_f)}")
 
 
 def remove_layers(model: nn.Module, empty_only: bool = False) -> None:

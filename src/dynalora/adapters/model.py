@@ -36,6 +36,7 @@ from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: t
     read_adapter,
     write_adapter,
 )
+from dynalora.adapters.checks import check_against_model
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
 from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row, pooling_mask
@@ -251,6 +252,7 @@ class DynaLoraModel(TransformersCompat):
         If the adapter does not fit, the error says why and `model` is left as it was.
         """
         document, state = read_adapter(path, allow_pickle)
+        check_against_model(model, document, state, path)
         config, ranks, scalings = layout_of(document)
         check_layers_exist(model, ranks, document)
         wrapper = cls.wrap_and_load(model, config, adapter_name, ranks, scalings, state, document,
@@ -284,6 +286,7 @@ class DynaLoraModel(TransformersCompat):
         The active adapters and what trains stay as they were; the new one is frozen.
         """
         document, state = read_adapter(path, allow_pickle)
+        check_against_model(self.base_model, document, state, path)
         config, ranks, scalings = layout_of(document)
         check_layers_exist(self.base_model, ranks, document)
         self.check_shared_modules(state, path)

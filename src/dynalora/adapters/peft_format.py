@@ -24,6 +24,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dynalora.adapters.adapter_file import check_layers_exist
+from dynalora.adapters.checks import check_tensors
 from dynalora.adapters.config import LoraConfig
 from dynalora.adapters.inject import pattern_value
 from dynalora.adapters.layer import LoraAdapter
@@ -185,7 +186,9 @@ def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftA
             raise AdapterFileError(f"{path}: this adapter uses {what} ({key}), which dynalora does not support")
     if document.get("bias", "none") != "none":
         raise AdapterFileError(f"{path}: bias={document['bias']!r} (trained biases) is not supported; only bias='none'")
-    state = load_tensors(find_weights(path, PEFT_WEIGHTS), allow_pickle)
+    weights = find_weights(path, PEFT_WEIGHTS)
+    state = load_tensors(weights, allow_pickle)
+    check_tensors(state, weights)
     lora: dict[str, dict[str, torch.Tensor]] = {}
     extra: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -42,9 +42,10 @@ def resolve_base(document: dict[str, Any], base: str | Path | None, adapter: str
 
 def read_factors(adapter: str | Path) -> tuple[dict, dict[str, Any]]:
     """load_factors, with a clear error for a run folder of a method that trains no LoRA adapter."""
+    from dynalora.runs import results_folder
     from dynalora.training.api import RUN_FILE
 
-    folder = Path(adapter)
+    folder = results_folder(adapter)
     if folder.is_dir() and not (folder / CONFIG_FILE).is_file() and (folder / RUN_FILE).is_file():
         method = read_json(folder / RUN_FILE, "trained run description").get("metadata", {}).get("method")
         raise AdapterFileError(f"{folder}: a {method!r} run has no LoRA adapter to analyse; "

@@ -42,7 +42,8 @@ def main(folder: str) -> None:
     baseline = max(baseline, rss_bytes())  # after the imports, before any model exists
     run = Path(folder)
     spec = read_json(run / "spec.json", "bench run spec")
-    config = TrainConfig(**{**spec["train"], "output": str(run)})
+    # The bench owns this folder: a run whose spec changed replaces the old one's results.
+    config = TrainConfig(**{**spec["train"], "output": str(run), "overwrite": True})
     prefix = os.environ.get("DYNALORA_BENCH_PREFIX", "")
     device = pick_device(config.device)
     metrics = train(config)

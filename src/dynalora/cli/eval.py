@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dynalora.cli.common import add_adapter_arg, print_json
+from dynalora.cli.common import add_adapter_arg, positive_int, print_json
 from dynalora.cli.predict import add_file_args
 
 HELP = "evaluate a trained run"  # its line in `dynalora --help`
@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> None:
     # --dev-file instead of --task/--split: a labelled table of your own (see `dynalora predict`).
     parser.add_argument("--data-dir", metavar="DIR", help="GLUE data folder (default: the one trained with)")
     parser.add_argument("--split", default="dev", help="split to evaluate (default: dev)")
-    parser.add_argument("--max-samples", type=int, metavar="N",
+    parser.add_argument("--max-samples", type=positive_int, metavar="N",
                         help="evaluate a seeded random subset (default: as in training)")
     add_file_args(parser, "--dev-file")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")

@@ -23,12 +23,14 @@ def add_parser(subparsers: Any) -> None:
                         help="pad every layer to the largest rank and fold all scalings into lora_B, for "
                              "servers that ignore PEFT's rank_pattern/alpha_pattern")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --output, replacing files of the same names")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dynalora.training.artifacts import export_trained
 
-    path = export_trained(args.adapter, args.output, args.format, args.fold_scaling)
+    path = export_trained(args.adapter, args.output, args.format, args.fold_scaling, overwrite=args.overwrite)
     print(f"{args.format} adapter written to {path}")
     return 0

@@ -39,6 +39,20 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def check_sampling(args: argparse.Namespace) -> None:
+    import math
+
+    from dynalora.adapters.config import check
+
+    check(args.max_new_tokens > 0, "max_new_tokens", "must be a positive integer", args.max_new_tokens)
+    check(args.temperature is None or (math.isfinite(args.temperature) and args.temperature >= 0), "temperature",
+          "must be a finite number >= 0 (0: greedy)", args.temperature)
+    check(args.top_p is None or 0 < args.top_p <= 1, "top_p", "must be in (0, 1]", args.top_p)
+    check(args.top_p is None or args.temperature, "top_p", "needs --temperature > 0 (it only affects sampling)",
+          args.top_p)
+    check(all(math.isfinite(w) for w in args.weights or []), "weights", "must be finite numbers", args.weights)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -53,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
     if args.weights is not None and len(args.weights) != len(args.adapter):
         raise ConfigError(f"weights: {len(args.weights)} weight(s) for {len(args.adapter)} adapter(s)")
+    check_sampling(args)  # before the model loads: a bad value should not cost a minute
     if args.no_adapter:
         model, tokenizer = load_causal_lm(args.model)
     else:

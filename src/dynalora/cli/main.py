@@ -5,7 +5,9 @@ which adds its parser and sets `func=<callable taking the parsed args, returning
 code>`. Adding a command is one line in COMMANDS. Only the command being run builds its full
 parser (the others are listed by name and HELP), and command modules import torch and
 transformers only inside their functions, so `dynalora --help` answers at once. Errors a user can fix (bad flags or values, missing or broken files) are printed
-as one line and exit with status 2; a diverged training run exits with status 1.
+as one line and exit with status 2, and so are operating-system errors a user can fix (no
+space, read-only, permission denied, a file where a folder belongs); a diverged training run
+exits with status 1.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A user reads the warning, not our source line; restored after, for in-process callers.
     formatwarning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # put back afterwards (a caller, e.g. pytest, may record them)
+            warnings.showwarning = show_on_stderr
+            return int(args.func(args) or 0)
     except user_errors() as err:
         print(f"dynalora {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -86,8 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dynalora {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # no space, read-only, permission denied, file/folder in the way
+        from dynalora.cli.os_errors import describe_os_error
+
+        message = describe_os_error(err)
+        if message is None:
+            raise
+        print(f"dynalora {args.command}: error: {message}", file=sys.stderr)
+        return 2
     finally:
         warnings.formatwarning = formatwarning
+
+
+def show_on_stderr(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: object = None, line: str | None = None) -> None:
+    """Warnings go to the user's stderr, one line each (warnings.formatwarning is ours)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def one_line(err: BaseException) -> str:

@@ -22,12 +22,14 @@ def add_parser(subparsers: Any) -> None:
     add_adapter_arg(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --output, replacing files of the same names")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dynalora.training.artifacts import merge_trained
 
-    path = merge_trained(args.adapter, args.output, base_model=args.model)
+    path = merge_trained(args.adapter, args.output, base_model=args.model, overwrite=args.overwrite)
     print(f"merged model written to {path}")
     return 0

@@ -3,20 +3,35 @@
 Readers turn files into `RawRow`s (texts + the label as written), then `rows_to_examples`
 checks the labels and builds `Example`s. Rows that cannot be used are not fatal: they are
 collected in a `RowProblems`, reported once as a `DataWarning` naming the file and line, and
-skipped. A file that yields no usable row at all is a `DataError`.
+skipped, unless they are more than the share a caller allows (`skipped_rows_limit`; training
+runs set their `max_skipped_share`): a file mostly broken is more likely the wrong file or the
+wrong column than a few bad rows, so it is a `DataError`, as is a file with no usable row.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dynalora.errors import DataError
 
 MAX_SHOWN_PROBLEMS = 5
+_max_skipped_share = contextvars.ContextVar("max_skipped_share", default=1.0)
+
+
+@contextmanager
+def skipped_rows_limit(share: float) -> Iterator[None]:
+    """Files read inside the block may skip at most this share of their rows (1: any share)."""
+    token = _max_skipped_share.set(share)
+    try:
+        yield
+    finally:
+        _max_skipped_share.reset(token)
 
 
 class DataWarning(UserWarning):
@@ -59,6 +74,15 @@ class RowProblems:
         return shown + (f"; ... and {rest} more" if rest > 0 else "")
 
     def warn(self, kept: int) -> None:
+        """Report the skipped rows; too large a share of them is an error (see the module doc)."""
+        limit = _max_skipped_share.get()
+        share = len(self.items) / max(1, len(self.items) + kept)
+        if share > limit:
+            raise DataError(
+                f"{self.source}: {len(self.items)} of {len(self.items) + kept} rows are malformed "
+                f"({share:.0%}, more than max_skipped_share={limit}); is it the right file and column? "
+                f"{self.summary()}"
+            )
         if self.items:
             warnings.warn(
                 f"{self.source}: skipped {len(self.items)} malformed row(s), kept {kept}. "

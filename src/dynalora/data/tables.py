@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dynalora.data.base import (
     DataError,
+    DataWarning,
     Example,
     RawRow,
     RowProblems,
@@ -172,8 +174,9 @@ def json_records(path: Path, problems: RowProblems) -> list[tuple[str, object]]:
 
 
 def discover_labels(rows: Sequence[RawRow], source: str | Path) -> tuple[str, ...]:
-    """Sorted unique labels; numerically when they are all integers (so "10" follows "9")."""
-    values = {row.label for row in rows}
+    """Sorted unique labels; numerically when they are all integers (so "10" follows "9").
+    An empty label is no class: such rows are skipped (and reported) like other bad rows."""
+    values = {row.label for row in rows} - {""}
     try:
         ordered = sorted(values, key=int)
     except ValueError:
@@ -184,6 +187,14 @@ def discover_labels(rows: Sequence[RawRow], source: str | Path) -> tuple[str, ..
             "least two. Pass the label names explicitly, or use regression for scores."
         )
     return tuple(ordered)
+
+
+def warn_if_label_looks_wrong(labels: Sequence[str], n_rows: int, path: Path, column: str) -> None:
+    """More than one class per 10 rows looks like a text or id column read as the label."""
+    if len(labels) > max(2, n_rows / 10):
+        warnings.warn(f"{path}: the label column {column!r} has {len(labels)} distinct values in {n_rows} rows "
+                      "(more than one class per 10 rows); is it really the label? For scores use regression "
+                      "(--regression)", DataWarning, stacklevel=3)
 
 
 def load_table(
@@ -220,5 +231,6 @@ def load_table(
         label_names = tuple(label_token(v) for v in labels)
     else:
         label_names = discover_labels(rows, path) if rows else ()
+        warn_if_label_looks_wrong(label_names, len(rows), path, label_column)
     examples = rows_to_examples(rows, label_names, problems)
     return problems.finish(examples), label_names

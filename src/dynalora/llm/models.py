@@ -108,8 +108,9 @@ def adapter_base(path: str | Path) -> str:
     """The base model an adapter folder records (PACKAGED for the packaged SmolLM2)."""
     from dynalora.adapters.model import CONFIG_FILE
     from dynalora.files import read_json
+    from dynalora.runs import results_folder
 
-    document = read_json(Path(path) / CONFIG_FILE, "adapter config")
+    document = read_json(results_folder(path) / CONFIG_FILE, "adapter config")
     base = (document.get("metadata") or {}).get("base_model") or document.get("base_model")
     if not base:
         raise ModelLoadError(f"{path}: the adapter does not record its base model; pass --model")

@@ -26,6 +26,7 @@ import torch
 
 from dynalora import __version__
 from dynalora.adapters.config import ConfigError, check
+from dynalora.data.base import skipped_rows_limit
 from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
 from dynalora.files import write_json
@@ -51,7 +52,9 @@ from dynalora.training.optim import pick_device, pick_dtype, seed_everything, to
 from dynalora.training.report import RunLog
 from dynalora.training.run import (
     RunSetup,
+    fit_max_length,
     make_batches,
+    open_run_folder,
     publish_report,
     run_loop,
     start_run_folder,
@@ -213,15 +216,17 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     """
     method = get_method(config.method)
     lr = config.lr or DEFAULT_LR
-    checkpoint = start_run_folder(config, also_free=REPORT_FIELDS)
+    run = open_run_folder(config)  # checked first; nothing in it changes before `claim`
 
     seed_everything(config.seed)
-    train_records, eval_records = split_records(config)
+    with skipped_rows_limit(config.max_skipped_share):
+        train_records, eval_records = split_records(config)
     sample_records, n_scored = report_records(config, eval_records)
     before = baseline_answers(config, sample_records)
     if model is None or tokenizer is None:
         model, tokenizer = load_causal_lm(config.model)
     source = config.model or getattr(model, "dynalora_source", None) or PACKAGED
+    config = fit_max_length(config, getattr(model, "config", None), source)
     train_features, train_report = encode_sft(train_records, tokenizer, config.max_length)
     eval_features, eval_report = encode_sft(eval_records, tokenizer, config.max_length)
     if config.packing:
@@ -245,23 +250,25 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
                    "train_sequences": len(train_features), "packing": config.packing})
         log.write({**loop.evaluate(), "initial": True})  # the base model, before any step
 
-    outcome = run_loop(config, setup, checkpoint, callbacks, data_and_base_model)
-    initial = next(r for r in outcome.records if r.get("initial"))
-    metrics = {
-        "task": "sft", "data": config.data, "method": config.method, "split": "eval", **summary(outcome),
-        "initial_metrics": initial["metrics"], "truncated_train_records": train_report.truncated,
-        "dropped_train_records": train_report.dropped_no_response, "ranks": prepared.wrapper.ranks(),
-    }
-    out = Path(config.output)
-    publish_report(out, metrics, outcome, title=f"SFT: {config.method} on {portable_name(source)}")
-    samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config, before) if sample_records else []
-    if samples:
-        write_samples(out / SAMPLES_FILE, samples)
-    if n_scored:
-        metrics["exact_match"] = exact_match(samples[:n_scored])
-    if samples:
-        judged = samples[: config.generation_samples] or samples
-        metrics["generation"] = {**judge(judged), "settings": config.generation_settings().to_dict()}
-        write_json(out / "metrics.json", metrics)
-    write_report(out / REPORT_FILE, metrics, source, samples[: config.samples])
+    with run.claim(resume=config.resume, overwrite=config.overwrite):  # held to the last file
+        checkpoint = start_run_folder(config, run, also_free=REPORT_FIELDS)
+        outcome = run_loop(config, setup, run, checkpoint, callbacks, data_and_base_model)
+        initial = next(r for r in outcome.records if r.get("initial"))
+        metrics = {
+            "task": "sft", "data": config.data, "method": config.method, "split": "eval", **summary(outcome),
+            "initial_metrics": initial["metrics"], "truncated_train_records": train_report.truncated,
+            "dropped_train_records": train_report.dropped_no_response, "ranks": prepared.wrapper.ranks(),
+        }
+        out = Path(config.output)
+        publish_report(out, metrics, outcome, title=f"SFT: {config.method} on {portable_name(source)}")
+        samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config, before) if sample_records else []
+        if samples:
+            write_samples(out / SAMPLES_FILE, samples)
+        if n_scored:
+            metrics["exact_match"] = exact_match(samples[:n_scored])
+        if samples:
+            judged = samples[: config.generation_samples] or samples
+            metrics["generation"] = {**judge(judged), "settings": config.generation_settings().to_dict()}
+            write_json(out / "metrics.json", metrics)
+        write_report(out / REPORT_FILE, metrics, source, samples[: config.samples])
     return metrics

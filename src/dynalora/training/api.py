@@ -1,14 +1,17 @@
 """`train`, `evaluate`, `load_trained`: a fine-tuning run from data to saved model and back.
 
 A run folder holds
-    dynalora_run.json                 what was trained on what (metadata) and the best evaluation
-    dynalora_config.json + dynalora_adapter.safetensors    LoRA-family methods (adapter format)
-    trained_state.safetensors         the other methods (their trainable tensors)
+    best/                             the best model so far, replaced whole (dynalora.runs):
+        dynalora_run.json             what was trained on what (metadata) and the best evaluation
+        dynalora_config.json + dynalora_adapter.safetensors    LoRA-family methods (adapter format)
+        trained_state.safetensors     the other methods (their trainable tensors)
     metrics.json, log.jsonl, curves.png, checkpoints/, allocation.json/png (dynamic, rank1)
 The saved model is the best one by the task's GLUE score on the evaluation split: GLUE dev,
 or with selection="split" the task's selection split (then dev is evaluated once, at the end,
 on that model). Either way `evaluate(folder)` reproduces metrics.json's dev figures exactly
 (same data, batches and precision).
+Only one run writes a folder at a time (a lock), and nothing in it changes before every
+input has been checked.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from dynalora.data import (
     load_split,
     load_table,
 )
+from dynalora.data.base import skipped_rows_limit
 from dynalora.data.glue import subsample
 from dynalora.data.selection import SELECTION_SEED, split_for_selection
-from dynalora.errors import RunFolderError
+from dynalora.errors import ConfigError, RunFolderError
 from dynalora.files import read_json
 from dynalora.packaged import portable_name
+from dynalora.runs import reading, results_folder
 from dynalora.training.classifier import build_classifier, resolve_model
 from dynalora.training.config import TrainConfig
 from dynalora.training.evaluation import CachedFeatures, predict
@@ -47,7 +52,9 @@ from dynalora.training.run import (  # noqa: F401  (RESUME_FREE etc.: also impor
     RunSetup,
     check_resumable,
     count_parameters,
+    fit_max_length,
     make_batches,
+    open_run_folder,
     publish_report,
     run_loop,
     start_run_folder,
@@ -135,12 +142,14 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
     method = get_method(config.method)
     lr = config.lr or method.default_lr
     head_lr = config.head_lr or lr
-    checkpoint = start_run_folder(config)
+    run = open_run_folder(config)  # checked first; nothing in it changes before `claim`
 
     seed_everything(config.seed)
-    task, train_examples, dev_examples, final_dev = run_data(config)
+    with skipped_rows_limit(config.max_skipped_share):
+        task, train_examples, dev_examples, final_dev = run_data(config)
     model_path = resolve_model(config.model)  # a folder, or a Hub id
     tokenizer = load_tokenizer(model_path)
+    config = fit_max_length(config, model_config_of(model_path), model_path)
     train_batches, eval_batches = make_batches(encode(train_examples, tokenizer, config.max_length),
                                                encode(dev_examples, tokenizer, config.max_length), config,
                                                tokenizer.pad_token_id or 0)
@@ -160,23 +169,36 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
     objective = ClassificationObjective(task, classifier.classifier)
     setup = RunSetup(prepared, objective, train_batches, eval_batches, device, dtype, lr, head_lr, RUN_FILE,
                      RUN_FORMAT, run_metadata(config, task, model_path, lr))
-    outcome = run_loop(config, setup, checkpoint, callbacks)
-    metrics = {"task": task.name, "method": config.method, "split": "dev", **summary(outcome), "head_lr": head_lr}
-    if final_dev is not None:  # dev, touched once: the saved (chosen) model, reloaded as a user would
-        final = evaluate(config.output, device=str(device))
-        metrics.update(n_examples=final["n_examples"], metrics=final["metrics"],
-                       selection={"n_examples": metrics["n_examples"], "metrics": metrics["metrics"],
-                                  "n_train": len(train_examples)})
-    publish_report(config.output, metrics, outcome,
-                   title=f"{task.name}: {config.method} on {portable_name(model_path)}")
+    with run.claim(resume=config.resume, overwrite=config.overwrite):
+        checkpoint = start_run_folder(config, run)
+        outcome = run_loop(config, setup, run, checkpoint, callbacks)
+        metrics = {"task": task.name, "method": config.method, "split": "dev", **summary(outcome), "head_lr": head_lr}
+        if final_dev is not None:  # dev, touched once: the saved (chosen) model, reloaded as a user would
+            final = evaluate(config.output, device=str(device))
+            metrics.update(n_examples=final["n_examples"], metrics=final["metrics"],
+                           selection={"n_examples": metrics["n_examples"], "metrics": metrics["metrics"],
+                                      "n_train": len(train_examples)})
+        publish_report(config.output, metrics, outcome,
+                       title=f"{task.name}: {config.method} on {portable_name(model_path)}")
     return metrics
+
+
+def model_config_of(model_path: Path) -> Any:
+    """The model's transformers config, or None (building the model then says what is wrong)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(model_path))
+    except (OSError, ValueError):
+        return None
 
 
 # -- loading a trained run back ----------------------------------------------------------------
 def read_run(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    if not folder.is_dir():
+    """dynalora_run.json of a run folder (its published `best/`) or of a results folder."""
+    if not Path(folder).is_dir():
         raise RunFolderError(f"run folder not found: {folder}")
+    folder = results_folder(folder)
     if not (folder / RUN_FILE).is_file():
         raise RunFolderError(f"{folder}: no {RUN_FILE}; not a folder written by `dynalora train`")
     document = read_json(folder / RUN_FILE, "trained run description", RunFolderError)
@@ -192,11 +214,12 @@ def load_trained(adapter_dir: str | Path, base_model: str | Path | None = None,
     The model maps input_ids / attention_mask / token_type_ids to logits. `base_model`
     overrides the base model folder recorded at training time (e.g. after moving it).
     """
-    folder = Path(adapter_dir)
-    metadata = read_run(folder)["metadata"]
-    model_path = resolve_model(base_model or metadata["base_model"])
-    classifier = build_classifier(model_path, metadata["num_labels"], metadata["pooling"], metadata["head_dropout"])
-    model = get_method(metadata["method"]).load(classifier, folder, metadata)
+    with reading(adapter_dir) as folder:  # a run publishing meanwhile waits: no mixed read
+        metadata = read_run(folder)["metadata"]
+        model_path = resolve_model(base_model or metadata["base_model"])
+        classifier = build_classifier(model_path, metadata["num_labels"], metadata["pooling"],
+                                      metadata["head_dropout"])
+        model = get_method(metadata["method"]).load(classifier, folder, metadata)
     model.to(pick_device(device)).eval()
     return model, load_tokenizer(model_path), metadata
 
@@ -205,6 +228,8 @@ def evaluate(adapter_dir: str | Path, task: str | None = None, data_dir: str | P
              split: str = "dev", max_samples: int | None = None, base_model: str | Path | None = None,
              device: str = "auto") -> dict[str, Any]:
     """Metrics of a trained run on a split; with no overrides, exactly metrics.json's numbers."""
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"max_samples={max_samples}: must be a positive integer (leave it unset for all)")
     model, tokenizer, meta = load_trained(adapter_dir, base_model, device)
     if task is None and meta.get("dev_file"):
         spec = own_task(meta["task"], meta["text_columns"], tuple(meta["labels"]) if meta["labels"] else None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from dynalora.files import (
     write_json,
 )
 from dynalora.packaged import portable_name
+from dynalora.runs import check_output_folder, results_folder
 from dynalora.training.api import load_trained, read_run
 from dynalora.training.hf_export import save_standard, standard_classifier
 from dynalora.training.methods import HEAD_MODULE, STATE_FILE, get_method
@@ -32,13 +35,15 @@ HEAD_CONFIG = "head.json"
 BACKBONE = "backbone."  # where the encoder sits inside our SequenceClassifier
 
 
-def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str | Path | None = None) -> Path:
+def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
     """Write the trained classifier as a folder `AutoModelForSequenceClassification` loads.
 
     The update is folded into the encoder's weights; the folder holds the whole classifier
     (encoder + head) with `id2label`/`label2id`, and the tokenizer. How it loads without
     dynalora depends on the pooling (see `dynalora.training.hf_export`).
     """
+    check_output_folder(output, overwrite)
     metadata = read_run(adapter_dir)["metadata"]
     if not get_method(metadata["method"]).mergeable:
         raise MergeError(f"method {metadata['method']!r} adds layers to the model; its update cannot be "
@@ -52,10 +57,24 @@ def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str |
     else:
         classifier = model
     standalone = standard_classifier(classifier, metadata)
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output) as tmp, quiet_transformers():
         save_standard(standalone, tmp)
         tokenizer.save_pretrained(tmp)
     return Path(output)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No "Writing model shards" bar from save_pretrained: stderr is for our one-line messages."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def write_head(folder: Path, head: nn.Module, metadata: dict[str, Any]) -> None:
@@ -71,7 +90,7 @@ def write_head(folder: Path, head: nn.Module, metadata: dict[str, Any]) -> None:
 
 
 def export_trained(adapter_dir: str | Path, output: str | Path, fmt: str = "peft",
-                   fold_scaling: bool = False) -> Path:
+                   fold_scaling: bool = False, overwrite: bool = False) -> Path:
     """Export a LoRA-family run's adapter in Hugging Face PEFT's format.
 
     A classification run with BERT's own head (pooling "pooler") exports as `SEQ_CLS` for
@@ -83,7 +102,8 @@ def export_trained(adapter_dir: str | Path, output: str | Path, fmt: str = "peft
     """
     if fmt != "peft":
         raise AdapterFileError(f"export format {fmt!r} is not supported; use 'peft'")
-    folder = Path(adapter_dir)
+    check_output_folder(output, overwrite)
+    folder = results_folder(adapter_dir)
     if (folder / SFT_RUN_FILE).is_file():
         return export_sft(folder, output, fold_scaling)
     metadata = read_run(folder)["metadata"]
@@ -151,7 +171,7 @@ def encoder_relative(document: dict[str, Any], tensors: dict[str, torch.Tensor],
 
 def describe_run(adapter_dir: str | Path) -> dict[str, Any]:
     """Per-layer ranks, allocation weights and parameter counts of a run, from its files alone."""
-    folder = Path(adapter_dir)
+    folder = results_folder(adapter_dir)
     metadata = read_run(folder)["metadata"]
     rows = []
     if (folder / CONFIG_FILE).is_file():

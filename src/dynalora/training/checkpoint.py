@@ -14,9 +14,11 @@ no arbitrary code.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,20 @@ import torch
 from torch import nn
 
 from dynalora.errors import RunFolderError
-from dynalora.files import load_tensors, read_json, save_tensors, write_json
+from dynalora.files import (
+    atomic_path,
+    fault_point,
+    fsync_path,
+    load_tensors,
+    publish_modes,
+    read_json,
+    save_tensors,
+    write_json,
+)
+from dynalora.runs.pointers import LATEST, latest_folder, step_folder_name, tidy_checkpoints
 
-LATEST = "latest.json"
+PROGRESS_KEYS = ("step", "epoch", "position", "best", "config")
+TRAINER_KEYS = ("optimizer", "scheduler", "hooks", "rng")
 
 
 @dataclass
@@ -47,37 +60,47 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(root: Path, step: int, model: nn.Module, trainer: dict[str, Any],
                     progress: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
+    final = root / step_folder_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", suffix=".tmp", dir=root))
     try:
         save_tensors(tmp / "model.safetensors", trainable_state(model))
-        torch.save(trainer, tmp / "trainer.pt")
+        buffer = io.BytesIO()  # serialised first: a disk error is then a plain OSError naming the file
+        torch.save(trainer, buffer)
+        with atomic_path(tmp / "trainer.pt") as target:
+            target.write_bytes(buffer.getbuffer())
         write_json(tmp / "progress.json", {**progress, "step": step})
+        tmp.chmod(publish_modes()[1])
+        fsync_path(tmp, folder=True)
         if final.exists():
             shutil.rmtree(final)
+        fault_point(f"rename {final}")
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write_json(root / LATEST, {"folder": final.name, "step": step})
-    for old in root.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    fault_point(f"remove checkpoints older than {final}")
+    tidy_checkpoints(root)
     return final
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:
     """The checkpoint `latest.json` names, or None when the run has none yet."""
-    if not (root / LATEST).is_file():
+    folder = latest_folder(root)
+    if folder is None:
         return None
-    folder = root / read_json(root / LATEST, "checkpoint pointer", RunFolderError)["folder"]
-    if not folder.is_dir():
-        raise RunFolderError(f"{root / LATEST} names {folder.name}, which does not exist")
     try:
-        trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on refused content: the error below says it
+            warnings.simplefilter("ignore")
+            trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for unreadable or refused content
         raise RunFolderError(f"{folder / 'trainer.pt'}: cannot be read ({err})") from None
-    return Checkpoint(folder, read_json(folder / "progress.json", "checkpoint progress", RunFolderError),
-                      load_tensors(folder / "model.safetensors"), trainer)
+    progress = read_json(folder / "progress.json", "checkpoint progress", RunFolderError)
+    missing = [k for k in PROGRESS_KEYS if k not in progress] if isinstance(progress, dict) else list(PROGRESS_KEYS)
+    if missing or not isinstance(progress.get("config"), dict):
+        raise RunFolderError(f"{folder / 'progress.json'}: not a checkpoint's progress (missing {missing or ['config']})")
+    if not isinstance(trainer, dict) or not set(TRAINER_KEYS) <= set(trainer):
+        raise RunFolderError(f"{folder / 'trainer.pt'}: not a checkpoint's trainer state (needs {list(TRAINER_KEYS)})")
+    return Checkpoint(folder, progress, load_tensors(folder / "model.safetensors"), trainer)
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

@@ -190,7 +190,8 @@ class TrainingLoop:
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
         raise TrainingDiverged(
             f"training diverged at step {step}: {what}; {kept} and the best model "
-            f"so far is in {self.run_dir}. Try a lower learning rate (--lr) or --max-grad-norm"
+            f"so far is in {self.run_dir}. Start again with a lower learning rate (--lr) or --max-grad-norm "
+            "(--overwrite to reuse this folder; --resume would repeat the same steps)"
         )
 
     def run(self, log: RunLog) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from dynalora.adapters import DynaLoraModel, LoraConfig
+from dynalora.adapters.checks import check_tensors
 from dynalora.errors import AdapterFileError, ConfigError
 from dynalora.files import load_tensors, save_tensors
 from dynalora.training import peft_methods  # noqa: F401  registers peft-lora and peft-adalora
@@ -141,6 +142,7 @@ def _save_trainable(model: nn.Module, folder: Path) -> None:
 
 def _load_trainable(model: nn.Module, folder: Path) -> nn.Module:
     state = load_tensors(folder / STATE_FILE)
+    check_tensors(state, folder / STATE_FILE)
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:

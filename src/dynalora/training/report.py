@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.files import atomic_path
+from dynalora.runs.errors import RunFolderError
 
 
 def _clean(value: Any) -> Any:
@@ -17,6 +18,25 @@ def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     return value
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The log's records. A last line cut short (the run was killed while writing it) is
+    dropped: the checkpoint the run resumes from comes before it. A broken line elsewhere
+    means the file was damaged some other way, and is an error naming it."""
+    lines = [line for line in path.read_text(errors="replace").split("\n") if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{path}, line {number}: not a JSON record; the log is damaged "
+                                   "(move it away to resume without it)") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class RunLog:
@@ -31,8 +51,7 @@ class RunLog:
         self.sinks = list(sinks or [])
         self.records: list[dict[str, Any]] = []
         if resume_step is not None and path.is_file():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in kept if r.get("step", 0) <= resume_step]
+            self.records = [r for r in read_records(path) if r.get("step", 0) <= resume_step]
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
         self._file = path.open("a")

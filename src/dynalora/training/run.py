@@ -1,10 +1,15 @@
 """One run pipeline for every task: the run folder, the loop over an objective, the report.
 
-    checkpoint = start_run_folder(config)            # resume point, or a clean folder
+    run = open_run_folder(config)                    # the output can be a run folder; nothing changes
     ... the task loads data and model, prepares the method, picks an objective ...
-    outcome = run_loop(config, RunSetup(...), checkpoint, callbacks)
-    metrics = {**task_fields, **summary(outcome)}
-    publish_report(config.output, metrics, outcome)  # metrics.json, curves.png, hook reports
+    with run.claim(resume=config.resume, overwrite=config.overwrite):   # the lock, one writer
+        checkpoint = start_run_folder(config, run)   # resume point, or a clean folder
+        outcome = run_loop(config, RunSetup(...), run, checkpoint, callbacks)
+        metrics = {**task_fields, **summary(outcome)}
+        publish_report(config.output, metrics, outcome)  # metrics.json, curves.png, hook reports
+
+Every input is checked before the folder changes (`claim` comes after the data and the model
+are loaded), and each new best model is published whole as `best/` (dynalora.runs).
 
 `dynalora.training.api.train` (classification) and `dynalora.llm.sft.train_sft` (SFT) are
 both this sequence; they differ only in data, model, objective and the fields they report.
@@ -12,7 +17,7 @@ both this sequence; they differ only in data, model, objective and the fields th
 
 from __future__ import annotations
 
-import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ from torch import nn
 from dynalora.data import BucketBatcher
 from dynalora.errors import ConfigError
 from dynalora.files import write_json
+from dynalora.runs import RunFolder
 from dynalora.training.checkpoint import Checkpoint, latest_checkpoint
 from dynalora.training.loop import TrainingLoop
 from dynalora.training.objective import Objective
@@ -32,7 +38,7 @@ from dynalora.training.report import RunLog, plot_curves
 from dynalora.training.tracking import make_sinks, show_bar
 
 # Fields that may differ between a run and its resumption.
-RESUME_FREE = ("resume", "progress", "output", "logging_steps", "report_to")
+RESUME_FREE = ("resume", "overwrite", "progress", "output", "logging_steps", "report_to", "max_skipped_share")
 
 
 def check_resumable(config: Any, saved: dict[str, Any], where: Path, also_free: tuple[str, ...] = ()) -> None:
@@ -45,16 +51,35 @@ def check_resumable(config: Any, saved: dict[str, Any], where: Path, also_free: 
                           "use the same settings, or drop --resume to start over")
 
 
-def start_run_folder(config: Any, also_free: tuple[str, ...] = ()) -> Checkpoint | None:
-    """The checkpoint to resume from (`config.resume`), checked against `config`; or None, after
-    deleting any old checkpoints so a fresh run can never resume from stale state."""
-    root = Path(config.output) / "checkpoints"
-    checkpoint = latest_checkpoint(root) if config.resume else None
+def open_run_folder(config: Any) -> RunFolder:
+    """The run's folder, checked before anything else is: a folder (or one can be made there),
+    writable, and holding a checkpoint if `config.resume`. Nothing changes yet."""
+    run = RunFolder(config.output)
+    run.check_path()
+    run.check_resumable(config.resume)
+    return run
+
+
+def start_run_folder(config: Any, run: RunFolder, also_free: tuple[str, ...] = ()) -> Checkpoint | None:
+    """Inside `run.claim(...)`: the checkpoint to resume from (`config.resume`), checked
+    against `config`, or None; then the folder is tidied, and a fresh run clears the previous
+    run's outputs, so it can never resume from stale state or leave them beside its own."""
+    checkpoint = latest_checkpoint(run.path / "checkpoints") if config.resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free)
-    elif root.exists():
-        shutil.rmtree(root)
+    run.start(fresh=checkpoint is None)
     return checkpoint
+
+
+def fit_max_length(config: Any, model_config: Any, where: str | Path) -> Any:
+    """`config`, with `max_length` cut to the positions the model has, saying so: a longer input
+    would crash the run mid-way (the cut value is what the run records and evaluates with)."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or config.max_length <= limit:
+        return config
+    warnings.warn(f"max_length={config.max_length} is more than the {limit} positions the model in {where} "
+                  f"has; inputs are cut at {limit} tokens", UserWarning, stacklevel=2)
+    return config.replace(max_length=limit)
 
 
 def make_batches(train_features: list[Any], eval_features: list[Any], config: Any,
@@ -96,16 +121,21 @@ class RunOutcome:
     setup: RunSetup
 
 
-def run_loop(config: Any, setup: RunSetup, checkpoint: Checkpoint | None, callbacks: list[Any] | None = None,
+def run_loop(config: Any, setup: RunSetup, run: RunFolder, checkpoint: Checkpoint | None,
+             callbacks: list[Any] | None = None,
              before_first_step: Callable[[TrainingLoop, RunLog], None] | None = None) -> RunOutcome:
-    """Train to the end, saving each new best model (the method's files plus `setup.run_file`)
-    into `config.output`; `before_first_step(loop, log)` runs on a fresh (not resumed) run."""
-    out = Path(config.output)
+    """Train to the end in the claimed `run` folder, publishing each new best model (the
+    method's files plus `setup.run_file`) as `best/`; `before_first_step(loop, log)` runs on a
+    fresh (not resumed) run."""
+    out = run.path
 
     def save_best(record: dict[str, Any]) -> None:
-        setup.prepared.save(out, setup.metadata)
-        write_json(out / setup.run_file, {"format": setup.run_format, "version": 1, "metadata": setup.metadata,
-                                          "best": record})
+        def write(folder: Path) -> None:
+            setup.prepared.save(folder, setup.metadata)
+            write_json(folder / setup.run_file, {"format": setup.run_format, "version": 1,
+                                                 "metadata": setup.metadata, "best": record})
+
+        run.publish(write)
 
     loop = TrainingLoop(setup.prepared, setup.objective, config, setup.lr, setup.head_lr, setup.train_batches,
                         setup.eval_batches, out, setup.device, setup.dtype, save_best, callbacks or [])

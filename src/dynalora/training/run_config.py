@@ -8,7 +8,7 @@ Validation happens here, for every field of every run config, from the field's t
 YAML hands over "1e-4" as a string and `true` as a boolean, so values are coerced (a number
 written as a string becomes the number) or refused with a one-line `ConfigError` naming the
 field (a boolean is never an integer, a string is never a boolean, NaN and infinities are
-never numbers). Ranges come from each field's metadata (`positive`, `above`, `min`,
+never numbers). Ranges come from each field's metadata (`positive`, `above`, `min`, `max`,
 `below`, `choices`), so a subclass declares a bound beside its field instead of in code.
 """
 
@@ -160,6 +160,8 @@ def check_bounds(name: str, value: Any, bounds: dict[str, Any], given: Any) -> N
         _fail(name, given, "a positive integer" + (" (or unset)" if bounds.get("optional") else ""))
     if "min" in bounds and value < bounds["min"]:
         _fail(name, given, f">= {bounds['min']}")
+    if "max" in bounds and value > bounds["max"]:
+        _fail(name, given, f"<= {bounds['max']}")
     if "above" in bounds and value <= bounds["above"]:
         _fail(name, given, f"> {bounds['above']}")
     if "below" in bounds and value >= bounds["below"]:
@@ -205,7 +207,11 @@ class RunConfig:
     method_options: dict[str, Any] = setting({}, "extra options for the method's config, KEY=VALUE (e.g. beta=0.5)")
     checkpoint_every: int | None = setting(None, "also write a resumable checkpoint every N optimizer steps",
                                            positive=True, optional=True)
+    max_skipped_share: float = setting(0.1, "stop when more than this share of a data file's rows are malformed "
+                                            "(fewer are skipped with a warning); 1 never stops", min=0, max=1)
     resume: bool = setting(False, "continue the run in --output from its last checkpoint")
+    overwrite: bool = setting(False, "replace the results of an earlier run in --output (default: refuse to "
+                                     "mix two runs in one folder)")
     progress: bool = setting(True, "show a progress bar (on a terminal; elsewhere one line per --logging-steps)")
     logging_steps: int = setting(20, "without the progress bar (output not a terminal, or --no-progress), print "
                                      "a one-line training record every N optimizer steps", positive=True)
