@@ -175,7 +175,7 @@ BAD_YAML = [
     ("max_length: 1.0e+12\n", "max_length"),
     ("- epochs: 1\n", "mapping"),
     ("epochs: [unclosed\n", "YAML"),
-    ("learning_rate: 0.1\n", "learning_rate"),
+    ("learnin_rate: 0.1\n", "learnin_rate"),
 ]
 
 
