@@ -108,12 +108,6 @@ def show_on_stderr(message: Warning | str, category: type[Warning], filename: st
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def show_on_stderr(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                   file: object = None, line: str | None = None) -> None:
-    """Warnings go to the user's stderr, one line each (warnings.formatwarning is ours)."""
-    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-
 def one_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
