@@ -29,7 +29,7 @@ def test_a_yaml_with_trainer_style_names_trains(tiny_model_dir: Path, tiny_glue_
     code, stdout, _ = run_cli(capsys, "train", "--config", tmp_path / "run.yaml")
     assert code == 0
     assert json.loads(stdout)["steps"] == 6  # 96 examples / (8 x 2), one epoch
-    meta = json.loads((tmp_path / "run" / "dynalora_run.json").read_text())["metadata"]
+    meta = json.loads((tmp_path / "run" / "best" / "dynalora_run.json").read_text())["metadata"]
     assert (meta["rank"], meta["alpha"], meta["lr"]) == (4, 8.0, 0.01)
 
 
