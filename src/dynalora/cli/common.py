@@ -8,10 +8,13 @@ from typing import Any
 
 
 def print_json(data: Any) -> None:
-    """Strict JSON on stdout: NaN/inf become null, listed under "nonfinite" (see finite_json)."""
-    from dynalora.files import finite_json  # here: `dynalora --help` must not import torch
+    """Strict JSON on stdout: NaN/inf become null, listed under "nonfinite" (see finite_json).
+    In a distributed run only the main process prints."""
+    from dynalora.distributed import current  # here: `dynalora --help` must not import torch
+    from dynalora.files import finite_json
 
-    print(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False))
+    if current().is_main:
+        print(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False))
 
 
 def positive_int(text: str) -> int:

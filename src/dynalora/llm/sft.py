@@ -29,6 +29,7 @@ from dynalora.adapters.config import ConfigError, check
 from dynalora.data.base import skipped_rows_limit
 from dynalora.data.glue import subsample
 from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, pack_features
+from dynalora.distributed import current
 from dynalora.files import write_json
 from dynalora.llm.evaluate import is_gsm8k_style
 from dynalora.llm.generate import Generation, GenerationSettings
@@ -52,6 +53,7 @@ from dynalora.training.optim import pick_device, pick_dtype, seed_everything, to
 from dynalora.training.report import RunLog
 from dynalora.training.run import (
     RunSetup,
+    claim_run,
     fit_max_length,
     make_batches,
     open_run_folder,
@@ -250,7 +252,7 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
                    "train_sequences": len(train_features), "packing": config.packing})
         log.write({**loop.evaluate(), "initial": True})  # the base model, before any step
 
-    with run.claim(resume=config.resume, overwrite=config.overwrite):  # held to the last file
+    with claim_run(run, config):  # held to the last file
         checkpoint = start_run_folder(config, run, also_free=REPORT_FIELDS)
         outcome = run_loop(config, setup, run, checkpoint, callbacks, data_and_base_model)
         initial = next(r for r in outcome.records if r.get("initial"))
@@ -261,6 +263,8 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
         }
         out = Path(config.output)
         publish_report(out, metrics, outcome, title=f"SFT: {config.method} on {portable_name(source)}")
+        if not current().is_main:  # distributed: the samples and the report are the main process's
+            return metrics
         samples = answer_with_saved_adapter(prepared, out, tokenizer, sample_records, config, before) if sample_records else []
         if samples:
             write_samples(out / SAMPLES_FILE, samples)

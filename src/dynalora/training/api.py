@@ -51,6 +51,7 @@ from dynalora.training.run import (  # noqa: F401  (RESUME_FREE etc.: also impor
     RESUME_FREE,
     RunSetup,
     check_resumable,
+    claim_run,
     count_parameters,
     fit_max_length,
     make_batches,
@@ -169,7 +170,7 @@ def train(config: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, 
     objective = ClassificationObjective(task, classifier.classifier)
     setup = RunSetup(prepared, objective, train_batches, eval_batches, device, dtype, lr, head_lr, RUN_FILE,
                      RUN_FORMAT, run_metadata(config, task, model_path, lr))
-    with run.claim(resume=config.resume, overwrite=config.overwrite):
+    with claim_run(run, config):
         checkpoint = start_run_folder(config, run)
         outcome = run_loop(config, setup, run, checkpoint, callbacks)
         metrics = {"task": task.name, "method": config.method, "split": "dev", **summary(outcome), "head_lr": head_lr}

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynalora.distributed.context import current
+from dynalora.distributed.sync import gather_objects
 from dynalora.training.classifier import SequenceClassifier
 from dynalora.training.optim import autocast
 
@@ -37,6 +39,24 @@ def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device
         model.train(was_training)
     order = torch.cat(index).argsort()
     return torch.cat(logits)[order].numpy(), torch.cat(labels)[order].numpy()
+
+
+def predict_sharded(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device,
+                    dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` with the batches shared out over the processes of a distributed run
+    (batch i to process i mod W) and the predictions gathered: every process gets them all."""
+    info = current()
+    if not info.distributed:
+        return predict(model, batches, device, dtype)
+    mine = [b for i, b in enumerate(batches) if i % info.world_size == info.rank]
+    if mine:
+        index = torch.cat([b["index"] for b in mine]).sort().values.numpy()
+        logits, labels = predict(model, mine, device, dtype)
+    else:
+        index, logits, labels = np.zeros(0, dtype=np.int64), None, None
+    parts = [p for p in gather_objects((index, logits, labels)) if p[1] is not None]
+    order = np.concatenate([p[0] for p in parts]).argsort()
+    return np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
 
 
 class CachedFeatures:

@@ -31,6 +31,14 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from dynalora.distributed import (
+    LOSS_SHARE,
+    all_reduce_gradients,
+    broadcast_parameters,
+    current,
+    gather_objects,
+)
+from dynalora.distributed.statistics import StatisticsReducer, input_statistics_of
 from dynalora.training.checkpoint import Checkpoint, load_model_state, save_checkpoint
 from dynalora.training.hooks import as_step_hook
 from dynalora.training.objective import Objective, score, task_loss
@@ -82,6 +90,9 @@ class TrainingLoop:
         self.scheduler = LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         self.hooks = [as_step_hook(h) for h in (*prepared.make_hooks(self.optimizer, self.total_steps), *callbacks)]
+        # Data-parallel runs (dynalora.distributed): train_batches yields this process's shards
+        self.process = current()
+        self.statistics = StatisticsReducer(input_statistics_of(self.hooks))
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "best": None,
                                       "best_step": None, "bad_evals": 0, "stopped": False,
                                       "train_wall_s": 0.0}
@@ -94,14 +105,21 @@ class TrainingLoop:
         return self.run_dir / "checkpoints"
 
     def checkpoint(self) -> None:
+        # Every process holds the same model, optimizer and hook states; only the random
+        # generators differ (each one's dropout), so each process's are kept.
+        generators = gather_objects(rng_state())
+        if not self.process.is_main:
+            self.last_checkpoint = self.checkpoint_dir / f"step-{self.state['step']:08d}"
+            return
         trainer = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "hooks": [h.state_dict() for h in self.hooks],
-            "rng": rng_state(),
+            "rng": generators[0],
+            "rng_by_rank": generators,
         }
-        progress = {**self.state, "config": self.config.to_dict()}
+        progress = {**self.state, "config": self.config.to_dict(), "world_size": self.process.world_size}
         self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self.state["step"], self.model,
                                                trainer, progress)
 
@@ -117,7 +135,9 @@ class TrainingLoop:
         if self.scaler and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])
         self.state.update({k: checkpoint.progress[k] for k in self.state})
-        self.pending_rng = trainer["rng"]
+        by_rank = trainer.get("rng_by_rank") or [trainer["rng"]]
+        # resumed with as many processes: each continues its own streams; else all take rank 0's
+        self.pending_rng = by_rank[self.process.rank] if len(by_rank) == self.process.world_size else trainer["rng"]
         self.last_checkpoint = checkpoint.folder
 
     # -- evaluation -------------------------------------------------------------------------
@@ -145,17 +165,40 @@ class TrainingLoop:
 
     # -- training ---------------------------------------------------------------------------
     def micro_step(self, batch: dict[str, torch.Tensor], group: int) -> float:
+        # Distributed: a shard's mean loss weighs by its share of the global batch and the
+        # regularisers (the same in every process) by 1 / world size, so the gradients' sum
+        # over the processes is one process's gradient on the global batch.
+        share = batch.pop(LOSS_SHARE, None)
+        world = self.process.world_size
         with autocast(self.device, self.dtype):
-            loss = self.objective.loss(self.model, batch, self.device)
+            if share is None:
+                loss = self.objective.loss(self.model, batch, self.device)
+            elif len(batch["index"]):
+                loss = self.objective.loss(self.model, batch, self.device) * share.item()
+            else:  # an empty shard of a short last batch
+                loss = torch.zeros((), device=self.device)
             for hook in self.hooks:
                 term = hook.loss_terms()
                 if term is not None:
-                    loss = loss + term
-        if not torch.isfinite(loss):
+                    loss = loss + term / world
+        # distributed: every process must reach the gradient sum; `synchronise` checks the total
+        if world == 1 and not torch.isfinite(loss):
             self.diverged(f"the loss is {loss.item()}")
         loss = loss / group
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
+
+    def synchronise(self, loss: float) -> float:
+        """Distributed: sum the accumulated gradients (and `loss`) over the processes and merge
+        the allocation statistics, before the step and its decisions; returns the global loss."""
+        if not self.process.distributed:
+            return loss
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        (loss,) = all_reduce_gradients(params, [loss])
+        if not math.isfinite(loss):
+            self.diverged(f"the loss is {loss}")
+        self.statistics.reduce()
+        return loss
 
     def optimizer_step(self) -> float:
         """One optimizer step; returns the gradient norm before clipping (for the log)."""
@@ -174,6 +217,11 @@ class TrainingLoop:
         self.state["step"] += 1
         for hook in self.hooks:
             hook.after_optimizer_step(self.state["step"])
+        live = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.process.distributed and any(a is not b for a, b in zip(params, live)):
+            # a reallocation replaced adapter parameters; fresh rows came from each process's
+            # own random generator, so rank 0's values are made everyone's
+            broadcast_parameters(live)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -198,7 +246,8 @@ class TrainingLoop:
         """Train to the end (or early stop); returns the best evaluation record."""
         config, state = self.config, self.state
         n_batches = len(self.train_batches)
-        bar = tqdm(total=self.total_steps, initial=state["step"], disable=not show_bar(config),
+        bar = tqdm(total=self.total_steps, initial=state["step"],
+                   disable=not (show_bar(config) and self.process.is_main),
                    desc=f"{config.method} {self.objective.name}", unit="step", dynamic_ncols=True)
         started = time.perf_counter() - state["train_wall_s"]
         self.model.train()
@@ -217,12 +266,14 @@ class TrainingLoop:
                 while state["position"] < n_batches and state["step"] < self.total_steps:
                     group = min(config.grad_accum, n_batches - state["position"])
                     loss, tokens, step_start = 0.0, 0, time.perf_counter()
+                    self.statistics.begin_step()
                     for _ in range(group):
                         batch = next(batches)
                         tokens += batch_tokens(batch)
                         loss += self.micro_step(batch, group)
                         state["position"] += 1
                     lr = self.scheduler.get_last_lr()[0]  # this step's lr; optimizer_step moves the schedule on
+                    loss = self.synchronise(loss)
                     grad_norm = self.optimizer_step()
                     step = state["step"]
                     now = time.perf_counter()
@@ -244,8 +295,9 @@ class TrainingLoop:
                         log.write(record)
                         self.after_eval(record)
                         # stderr, like the bar: stdout is left to the command's result (JSON)
-                        bar.write(f"step {step}: {self.eval_split} {self.objective.main_metric} = {record['metrics']['main']:.4f}",
-                                  file=sys.stderr)
+                        if self.process.is_main:
+                            bar.write(f"step {step}: {self.eval_split} {self.objective.main_metric} = "
+                                      f"{record['metrics']['main']:.4f}", file=sys.stderr)
                         started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
                     if saving:
                         self.checkpoint()

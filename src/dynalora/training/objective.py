@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynalora.data import TaskSpec
-from dynalora.training.evaluation import model_inputs, predict
+from dynalora.training.evaluation import model_inputs, predict_sharded
 from dynalora.training.metrics import compute_metrics
 
 
@@ -63,7 +63,7 @@ class ClassificationObjective:
 
     def evaluate(self, model: nn.Module, batches: Any, device: torch.device,
                  dtype: torch.dtype | None) -> tuple[dict[str, float], int]:
-        logits, labels = predict(model, batches, device, dtype)
+        logits, labels = predict_sharded(model, batches, device, dtype)
         return compute_metrics(self.task, logits, labels), len(labels)
 
     def score(self, metrics: dict[str, float]) -> float:

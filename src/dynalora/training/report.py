@@ -43,13 +43,18 @@ class RunLog:
     """Appends records to `log.jsonl`; on resume, drops what came after the checkpoint.
 
     `sinks` (dynalora.training.tracking: progress lines, TensorBoard, W&B, MLflow) receive each
-    new record too, and are closed with the log.
+    new record too, and are closed with the log. enabled=False keeps the records in memory
+    only (the other processes of a distributed run: the main process alone writes the run folder).
     """
 
-    def __init__(self, path: Path, resume_step: int | None = None, sinks: list[Any] | None = None) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None, sinks: list[Any] | None = None,
+                 enabled: bool = True) -> None:
         self.path = path
         self.sinks = list(sinks or [])
         self.records: list[dict[str, Any]] = []
+        self._file = None
+        if not enabled:
+            return
         if resume_step is not None and path.is_file():
             self.records = [r for r in read_records(path) if r.get("step", 0) <= resume_step]
         with atomic_path(path) as tmp:
@@ -59,13 +64,15 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         record = _clean(record)
         self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         for sink in self.sinks:
             sink.write(record)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         for sink in self.sinks:
             sink.close()
 

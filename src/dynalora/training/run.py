@@ -13,10 +13,15 @@ are loaded), and each new best model is published whole as `best/` (dynalora.run
 
 `dynalora.training.api.train` (classification) and `dynalora.llm.sft.train_sft` (SFT) are
 both this sequence; they differ only in data, model, objective and the fields they report.
+
+Started by torchrun / accelerate launch, every process runs the same sequence: the first
+step joins the launcher's process group, each process trains on its shard of every global
+batch (dynalora.distributed), and the main process alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,12 +32,22 @@ import torch
 from torch import nn
 
 from dynalora.data import BucketBatcher
+from dynalora.distributed import (
+    ShardedBatches,
+    barrier,
+    broadcast_parameters,
+    current,
+    gather_objects,
+    join_process_group,
+    rank_digest,
+)
 from dynalora.errors import ConfigError
 from dynalora.files import write_json
 from dynalora.runs import RunFolder
 from dynalora.training.checkpoint import Checkpoint, latest_checkpoint
 from dynalora.training.loop import TrainingLoop
 from dynalora.training.objective import Objective
+from dynalora.training.optim import seed_everything
 from dynalora.training.registry import Prepared
 from dynalora.training.report import RunLog, plot_curves
 from dynalora.training.tracking import make_sinks, show_bar
@@ -54,10 +69,19 @@ def check_resumable(config: Any, saved: dict[str, Any], where: Path, also_free: 
 def open_run_folder(config: Any) -> RunFolder:
     """The run's folder, checked before anything else is: a folder (or one can be made there),
     writable, and holding a checkpoint if `config.resume`. Nothing changes yet."""
+    join_process_group(config.device)  # under a launcher: before the main process claims the folder
     run = RunFolder(config.output)
     run.check_path()
     run.check_resumable(config.resume)
     return run
+
+
+def claim_run(run: RunFolder, config: Any) -> contextlib.AbstractContextManager:
+    """`run.claim(...)` (the folder's lock) in the main process; the other processes of a
+    distributed run write nothing there and take no lock."""
+    if current().is_main:
+        return run.claim(resume=config.resume, overwrite=config.overwrite)
+    return contextlib.nullcontext()
 
 
 def start_run_folder(config: Any, run: RunFolder, also_free: tuple[str, ...] = ()) -> Checkpoint | None:
@@ -67,7 +91,9 @@ def start_run_folder(config: Any, run: RunFolder, also_free: tuple[str, ...] = (
     checkpoint = latest_checkpoint(run.path / "checkpoints") if config.resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint.progress["config"], checkpoint.folder, also_free)
-    run.start(fresh=checkpoint is None)
+    if current().is_main:
+        run.start(fresh=checkpoint is None)
+    barrier()  # every process has read the checkpoint before the main one writes the next
     return checkpoint
 
 
@@ -121,6 +147,17 @@ class RunOutcome:
     setup: RunSetup
 
 
+def start_processes_alike(model: nn.Module, seed: int) -> None:
+    """Every process starts from rank 0's trainable weights; the others then take their own
+    random streams (dropout), while rank 0 keeps exactly the stream of a one-process run."""
+    process = current()
+    if not process.distributed:
+        return
+    broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+    if process.rank:
+        seed_everything(seed + 7919 * process.rank)
+
+
 def run_loop(config: Any, setup: RunSetup, run: RunFolder, checkpoint: Checkpoint | None,
              callbacks: list[Any] | None = None,
              before_first_step: Callable[[TrainingLoop, RunLog], None] | None = None) -> RunOutcome:
@@ -128,8 +165,16 @@ def run_loop(config: Any, setup: RunSetup, run: RunFolder, checkpoint: Checkpoin
     method's files plus `setup.run_file`) as `best/`; `before_first_step(loop, log)` runs on a
     fresh (not resumed) run."""
     out = run.path
+    process = current()
+    train_batches = setup.train_batches
+    if process.distributed:
+        train_batches = ShardedBatches(train_batches, process.rank, process.world_size)
+    start_processes_alike(setup.prepared.model, config.seed)
 
     def save_best(record: dict[str, Any]) -> None:
+        if not process.is_main:
+            return
+
         def write(folder: Path) -> None:
             setup.prepared.save(folder, setup.metadata)
             write_json(folder / setup.run_file, {"format": setup.run_format, "version": 1,
@@ -137,12 +182,13 @@ def run_loop(config: Any, setup: RunSetup, run: RunFolder, checkpoint: Checkpoin
 
         run.publish(write)
 
-    loop = TrainingLoop(setup.prepared, setup.objective, config, setup.lr, setup.head_lr, setup.train_batches,
+    loop = TrainingLoop(setup.prepared, setup.objective, config, setup.lr, setup.head_lr, train_batches,
                         setup.eval_batches, out, setup.device, setup.dtype, save_best, callbacks or [])
     if checkpoint is not None:
         loop.restore(checkpoint)
     log = RunLog(out / "log.jsonl", resume_step=loop.state["step"] if checkpoint else None,
-                 sinks=make_sinks(config, out, loop.total_steps, show_bar(config)))
+                 sinks=make_sinks(config, out, loop.total_steps, show_bar(config)) if process.is_main else None,
+                 enabled=process.is_main)
     try:
         if checkpoint is None and before_first_step is not None:
             before_first_step(loop, log)
@@ -163,14 +209,26 @@ def summary(outcome: RunOutcome) -> dict[str, Any]:
         "stopped_early": state["stopped"], "train_wall_s": round(state["train_wall_s"], 2),
         "trainable_params": trainable, "total_params": total, "lr": outcome.setup.lr,
         **{key: value for hook in outcome.loop.hooks for key, value in (hook.summary() or {}).items()},
+        **processes_record(outcome.setup.prepared),
     }
+
+
+def processes_record(prepared: Prepared) -> dict[str, Any]:
+    """The processes that trained: the world size and, for the LoRA family, a digest of the
+    final per-layer ranks each process holds (all equal when they stayed in step)."""
+    record: dict[str, Any] = {"world_size": current().world_size}
+    if prepared.wrapper is not None:
+        record["rank_digests"] = gather_objects(rank_digest(prepared.wrapper.ranks()))
+    return record
 
 
 def publish_report(folder: str | Path, metrics: dict[str, Any], outcome: RunOutcome, title: str = "") -> None:
     """metrics.json, curves.png (the objective's main metric, under `title`) and each hook's
-    report files."""
+    report files. In a distributed run the main process writes them and the others wait."""
     folder = Path(folder)
-    write_json(folder / "metrics.json", metrics)
-    plot_curves(outcome.records, folder / "curves.png", outcome.setup.objective.main_metric, title=title)
-    for hook in outcome.loop.hooks:
-        hook.write_report(folder)
+    if current().is_main:
+        write_json(folder / "metrics.json", metrics)
+        plot_curves(outcome.records, folder / "curves.png", outcome.setup.objective.main_metric, title=title)
+        for hook in outcome.loop.hooks:
+            hook.write_report(folder)
+    barrier()  # the run folder is complete when any process returns
