@@ -40,12 +40,13 @@ def record_every_step(log: list[dict[str, Any]]) -> None:
 
     original = TrainingLoop.optimizer_step
 
-    def optimizer_step(self: TrainingLoop) -> None:
-        original(self)
+    def optimizer_step(self: TrainingLoop) -> float:
+        grad_norm = original(self)
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         wrapper = self.prepared.wrapper
         log.append({"step": self.state["step"], "tensors": tensor_digest(trainable),
                     "ranks": rank_digest(wrapper.ranks()) if wrapper is not None else None})
+        return grad_norm
 
     TrainingLoop.optimizer_step = optimizer_step
 
