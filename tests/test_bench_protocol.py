@@ -102,6 +102,20 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
     assert "2 runs left" in capsys.readouterr().out  # bitfit's two, still waiting
 
 
+def test_an_unrecorded_run_reruns_over_the_leftovers_of_an_earlier_attempt(tiny, tmp_path, in_process):
+    """A run folder whose record never reached runs.jsonl (killed worker, lost records file)
+    is the job's scratch space: the rerun replaces what is there instead of refusing it."""
+    records = tmp_path / "runs.jsonl"
+    run(tiny, records, tmp_path / "w", ["0"], arms=["lora"])
+    first = read_records(records)
+    records.unlink()  # the folders keep log.jsonl, metrics.json and best/ of the first attempt
+    in_process.clear()
+    run(tiny, records, tmp_path / "w", ["0"], arms=["lora"])
+    again = read_records(records)
+    assert len(in_process) == 3 and len(again) == 3
+    assert [r["dev"] for r in again] == [r["dev"] for r in first]  # same job, same result
+
+
 def test_records_append_whole_lines_after_a_torn_one(tmp_path):
     path = tmp_path / "runs.jsonl"
     base = {"task": "mrpc", "method": "lora", "targets": "all-linear", "lr": 1e-3, "method_options": {},

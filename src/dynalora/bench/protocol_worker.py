@@ -84,7 +84,10 @@ def main(folder: str) -> None:
 
     run = Path(folder)
     job = read_json(run / "job.json", "protocol run")
-    config = TrainConfig(**{**job["train"], "output": str(run)})
+    # The folder is this job's scratch space and the job is not recorded yet: an interrupted
+    # attempt is continued from its checkpoint (runs resume exactly), else its leftovers go.
+    resume = (run / "checkpoints" / "latest.json").is_file()
+    config = TrainConfig(**{**job["train"], "output": str(run), "resume": resume, "overwrite": not resume})
     device = pick_device(config.device)
     metrics = train(config)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
