@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from training_helpers import make_sst_dir, make_tiny_model
 
 from dynalora.cli.main import main
@@ -119,3 +120,26 @@ def train_argv(model: Path, data: Path, output: Path, *extra: object) -> list[ob
     return ["train", "--task", "sst2", "--model", model, "--data-dir", data, "--output", output,
             "--batch-size", "16", "--epochs", "2", "--eval-every", "3", "--lr", "0.01", "--head-lr", "0.1",
             "--head-dropout", "0", "--max-length", "64", "--no-progress", *extra]
+
+
+# -- shared fixtures (imported by the test_hostile_* modules): the tiny inputs and one finished
+# run are built once per session; every case that must leave a run unchanged copies it.
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_inputs(tmp_path_factory.mktemp("hostile_inputs"))
+
+
+@pytest.fixture(scope="session")
+def finished(inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run's folder (copied by each case that must leave it unchanged)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = cli(*train_argv(*inputs, out))
+    assert result.code == 0, result.err
+    return out
+
+
+@pytest.fixture
+def victim(finished: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(finished, target)
+    return target

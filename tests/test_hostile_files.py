@@ -6,37 +6,24 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import GLUE_DIR
-from hostile_helpers import assert_refused, cli, digest, tiny_inputs, train_argv
+from hostile_helpers import (  # noqa: F401  (shared fixtures)
+    assert_refused,
+    cli,
+    digest,
+    finished,
+    inputs,
+    train_argv,
+    victim,
+)
 from safetensors.torch import load_file, save_file
 from training_helpers import sentences
 
 from dynalora.training.report import read_records
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_inputs(tmp_path_factory.mktemp("hostile_files"))
-
-
-@pytest.fixture(scope="module")
-def finished(inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    result = cli(*train_argv(*inputs, out))
-    assert result.code == 0, result.err
-    return out
-
-
-@pytest.fixture
-def victim(finished: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(finished, target)
-    return target
 
 
 # -- data files -----------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_helpers import (
+from hostile_helpers import (  # noqa: F401  (shared fixtures)
     Result,
     assert_refused,
     cli,
     digest,
+    finished,
+    inputs,
     litter,
     process_argv,
     process_env,
@@ -42,17 +44,6 @@ def run_quietly(*command: str) -> bool:
     return subprocess.run(command, capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_inputs(tmp_path_factory.mktemp("hostile_os"))
-
-
-@pytest.fixture(scope="module")
-def finished(inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    result = cli(*train_argv(*inputs, out))
-    assert result.code == 0, result.err
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,33 +8,18 @@ the rule "check everything, then touch": the folder must come out byte for byte 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from hostile_helpers import assert_refused, cli, digest, tiny_inputs, train_argv
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_inputs(tmp_path_factory.mktemp("hostile_values"))
-
-
-@pytest.fixture(scope="module")
-def finished(inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run's folder (copied by each case that must leave it unchanged)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    result = cli(*train_argv(*inputs, out))
-    assert result.code == 0, result.err
-    return out
-
-
-@pytest.fixture
-def victim(finished: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(finished, target)
-    return target
-
+from hostile_helpers import (  # noqa: F401  (shared fixtures)
+    assert_refused,
+    cli,
+    digest,
+    finished,
+    inputs,
+    train_argv,
+    victim,
+)
 
 BAD_TRAIN_VALUES = [
     (["--epochs", "inf"], "epochs=inf"),
