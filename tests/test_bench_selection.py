@@ -112,20 +112,35 @@ def test_a_split_run_chooses_on_selection_and_touches_dev_once_at_the_end(tiny, 
 def test_adalora_singular_values_get_no_weight_decay_and_a_moderate_orth_penalty(tiny, tmp_path):
     from dynalora.training.classifier import build_classifier
     from dynalora.training.methods import get_method
-    from dynalora.training.peft_methods import ORTH_REG_WEIGHT, adalora_horizon
+    from dynalora.training.optim import budget_horizon
+    from dynalora.training.peft_methods import ORTH_REG_WEIGHT
 
     model, data = tiny
     config = tiny_config(model, data, tmp_path, method="peft-adalora", target_modules="all-linear",
                          epochs=10.0, min_epochs=3.0)
     prepared = get_method("peft-adalora").prepare(build_classifier(model, 2, "mean", 0.0), config, 100)
     assert prepared.model.peft_config["default"].orth_reg_weight == ORTH_REG_WEIGHT == 0.1
-    assert prepared.model.peft_config["default"].total_step == adalora_horizon(config, 100) == 30
+    assert prepared.model.peft_config["default"].total_step == budget_horizon(config, 100) == 30
     decayed = {id(p) for g in param_groups(prepared.model, None, 1e-3, 1e-3, 0.01) if g["weight_decay"] > 0
                for p in g["params"]}
     singular = [p for n, p in prepared.model.named_parameters() if ".lora_E." in n]
     factors = [p for n, p in prepared.model.named_parameters() if ".lora_A." in n]
     assert singular and not any(id(p) in decayed for p in singular)
     assert all(id(p) in decayed for p in factors)
+
+
+
+@pytest.mark.parametrize("method", ["dynamic", "rank1"])
+def test_allocation_is_final_before_min_epochs_like_adalora(tiny, tmp_path, method):
+    """With early stopping, a checkpoint can be chosen from min_epochs on: every reallocation
+    (dynamic) and every pruning step (rank1) happens before then, as AdaLoRA's budget does."""
+    model, data = tiny
+    config = tiny_config(model, data, tmp_path / "run", method=method, target_modules="all-linear",
+                         epochs=6.0, min_epochs=2.0, selection="split")
+    metrics = train(config)
+    steps_per_epoch = metrics["steps"] / 6
+    history = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert history and max(r["step"] for r in history) <= 2 * steps_per_epoch
 
 
 REAL_GLUE = Path("/work/shared/data/glue")

@@ -13,7 +13,8 @@ baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-
 
 Budget, the same for every run: at most MAX_EPOCHS epochs, evaluated on the selection split
 after each, stopped after PATIENCE evaluations without a better GLUE score, with no best
-model and no stop before MIN_EPOCHS (AdaLoRA's budget is final by then). The linear decay
+model and no stop before MIN_EPOCHS (every adaptive budget, AdaLoRA's, dynamic LoRA's reallocations and
+Rank-1's pruning, is scheduled over those epochs, so it is final by then). The linear decay
 spans the ten epochs. Why these values: LoRA on CoLA was still climbing after 3 epochs
 (dev MCC 0.06, 0.21, 0.26 after epochs 1-3, seed 1); ten epochs with patience 3 let a run
 go on while it improves and stop 3 epochs after it peaks. The report's convergence table

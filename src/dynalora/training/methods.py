@@ -24,6 +24,7 @@ from dynalora.files import load_tensors, save_tensors
 from dynalora.training import peft_methods  # noqa: F401  registers peft-lora and peft-adalora
 from dynalora.training.classifier import SequenceClassifier
 from dynalora.training.hooks import StepHook
+from dynalora.training.optim import budget_horizon
 from dynalora.training.registry import (
     HEAD_MODULE,
     METHODS,
@@ -125,9 +126,10 @@ def _prepare_allocating(config_class_name: str) -> Callable[[SequenceClassifier,
         adapter_config = lora_config_for(config, getattr(allocation, config_class_name))
         prepared = _lora_prepared(classifier, adapter_config)
         wrapper = prepared.wrapper
-        prepared.make_hooks = lambda optimizer, steps: [
-            AllocationHook(allocation.AllocationController(wrapper, optimizer=optimizer, total_steps=steps))
-        ]
+        # Same horizon as AdaLoRA's: with min_epochs the allocation is final before any
+        # checkpoint can be chosen or the run can stop early.
+        prepared.make_hooks = lambda optimizer, steps: [AllocationHook(allocation.AllocationController(
+            wrapper, optimizer=optimizer, total_steps=budget_horizon(config, steps)))]
         return prepared
 
     return prepare

@@ -51,6 +51,17 @@ def total_steps(n_batches: int, grad_accum: int, epochs: float) -> int:
     return max(1, math.ceil(steps_per_epoch(n_batches, grad_accum) * epochs))
 
 
+def budget_horizon(config: Any, total_steps: int) -> int:
+    """The steps an adaptive budget (AdaLoRA, dynamic LoRA, Rank-1 pruning) is scheduled over.
+
+    The whole run, or its first `min_epochs` when set: early stopping may end a run before its
+    last step, and with `min_epochs` no checkpoint is chosen and no stop happens before then,
+    so every chosen model holds its final budget, whichever method trained it. After the
+    horizon the ranks stay as they are."""
+    floor = getattr(config, "min_epochs", None)
+    return total_steps if floor is None else max(3, min(total_steps, round(total_steps * floor / config.epochs)))
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': no CUDA GPU is available")

@@ -36,6 +36,7 @@ from dynalora.adapters.config import ConfigError
 from dynalora.adapters.inject import resolve_targets
 from dynalora.files import atomic_dir, write_json
 from dynalora.training.classifier import SequenceClassifier
+from dynalora.training.optim import budget_horizon
 from dynalora.training.registry import (
     HEAD_MODULE,
     Method,
@@ -79,16 +80,6 @@ def prepare_peft_lora(classifier: SequenceClassifier, config: Any, total_steps: 
                                lora_dropout=config.dropout, target_modules=peft_targets(classifier, config),
                                modules_to_save=[HEAD_MODULE])
     return _prepared(get_peft_model(classifier, peft_config), classifier)
-
-
-def adalora_horizon(config: Any, total_steps: int) -> int:
-    """The steps AdaLoRA's schedule spans: the whole run, or its first `min_epochs` when set.
-
-    Early stopping may end a run before its last step; with `min_epochs` no checkpoint is
-    chosen and no stop happens before then, so the budget is final in every chosen model.
-    PEFT keeps applying the final rank pattern after `total_step`."""
-    floor = getattr(config, "min_epochs", None)
-    return total_steps if floor is None else max(3, min(total_steps, round(total_steps * floor / config.epochs)))
 
 
 def adalora_schedule(total_steps: int) -> dict[str, int]:
@@ -148,7 +139,7 @@ def prepare_peft_adalora(classifier: SequenceClassifier, config: Any, total_step
     fields = {"init_r": math.ceil(1.5 * config.rank), "target_r": config.rank, "lora_alpha": config.alpha,
               "lora_dropout": config.dropout, "target_modules": peft_targets(classifier, config),
               "modules_to_save": [HEAD_MODULE], "orth_reg_weight": ORTH_REG_WEIGHT,
-              **adalora_schedule(adalora_horizon(config, total_steps))}
+              **adalora_schedule(budget_horizon(config, total_steps))}
     peft_model = get_peft_model(classifier, _peft_config(AdaLoraConfig, config.method_options, **fields))
     prepared = _prepared(peft_model, classifier)
     prepared.make_hooks = lambda optimizer, steps: [AdaLoraHook(peft_model)]
