@@ -296,8 +296,10 @@ class TrainingLoop:
                         self.after_eval(record)
                         # stderr, like the bar: stdout is left to the command's result (JSON)
                         if self.process.is_main:
+                            glue = record["metrics"].get("glue")  # what chooses the checkpoint, when the task has one
                             bar.write(f"step {step}: {self.eval_split} {self.objective.main_metric} = "
-                                      f"{record['metrics']['main']:.4f}", file=sys.stderr)
+                                      f"{record['metrics']['main']:.4f}"
+                                      + ("" if glue is None else f", glue score {glue:.4f}"), file=sys.stderr)
                         started = time.perf_counter() - state["train_wall_s"]  # eval time is not training time
                     if saving:
                         self.checkpoint()
