@@ -83,7 +83,7 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     if "default:" not in help_text:  # some helps say it in words ("default: the packaged MiniLM")
         help_text += f" (default: {shown(default)})"
     options: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-    if kind == "bool":
+    if kind in ("bool", "bool | None"):  # unset stays None: the flag given or not, never a default value
         parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
     elif kind.startswith("list"):
         parser.add_argument(*flags, nargs="+", metavar="NAME", **options)

@@ -1,5 +1,7 @@
 """The SFT objective for the shared training loop: next-token cross-entropy on response tokens,
-judged by the held-out response loss (and perplexity), lower is better."""
+judged by the held-out response loss (and perplexity), lower is better; or, with a
+`GenerationJudge` (dynalora.llm.selection), also by what the model generates at each
+evaluation, one of whose metrics may then choose the best model and drive early stopping."""
 
 from __future__ import annotations
 
@@ -9,18 +11,24 @@ import torch
 from torch import nn
 
 from dynalora.llm.evaluate import response_loss, token_loss
+from dynalora.llm.selection import GenerationJudge
 from dynalora.training.evaluation import model_inputs
 from dynalora.training.optim import autocast
 
 
 class LanguageModelObjective:
-    """A causal LM's response loss; no separate head (every trainable tensor uses `lr`)."""
+    """A causal LM's response loss; no separate head (every trainable tensor uses `lr`).
 
-    main_metric = "loss"
+    `main_metric` (default "loss") is what `score` ranks evaluations by, higher-is-better when
+    `greater_is_better`; `judge` adds generation metrics to every evaluation.
+    """
+
     head: nn.Module | None = None
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, judge: GenerationJudge | None = None, main_metric: str = "loss",
+                 greater_is_better: bool = False) -> None:
+        self.name, self.judge = name, judge
+        self.main_metric, self.greater_is_better = main_metric, greater_is_better
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         logits = model(**model_inputs(batch, device)).logits
@@ -30,7 +38,10 @@ class LanguageModelObjective:
                  dtype: torch.dtype | None) -> tuple[dict[str, float], int]:
         with autocast(device, dtype):
             result = response_loss(model, batches)
-        return {"main": result["loss"], **result}, len(batches.features)
+        if self.judge is not None:
+            result.update(self.judge(model))
+        return {"main": result[self.main_metric], **result}, len(batches.features)
 
     def score(self, metrics: dict[str, float]) -> float:
-        return -metrics["loss"]
+        value = metrics[self.main_metric]
+        return value if self.greater_is_better else -value

@@ -165,13 +165,23 @@ def generation_rows(judged: dict[str, Any] | None) -> list[str]:
     return rows
 
 
+def chosen_by(metrics: dict[str, Any]) -> str:
+    """How the saved adapter was chosen, in words: "best held-out loss" or, for a generation
+    metric, its value on the fixed prompts answered at each evaluation."""
+    metric = metrics.get("metric_for_best_model", "loss")
+    if metric in ("loss", "perplexity"):
+        return f"best held-out {metric}"
+    n = metrics.get("eval_generation_samples")
+    return f"best {metric} = {metrics['best_metric']:.3f} on {n} other held-out prompts answered at each evaluation"
+
+
 def write_report(path: Path, metrics: dict[str, Any], base_model: str,
                  samples: Sequence[dict[str, Any]]) -> None:
     """report.md from metrics.json's content and the samples to show."""
     before, after = metrics["initial_metrics"], metrics["metrics"]
     lines = [f"# dynalora sft: {metrics['data']} ({metrics['method']})", "",
              f"Base model: {base_model}. {metrics['steps']} optimizer steps; held-out set of "
-             f"{metrics['n_examples']} records. \"After\" is the saved adapter (best held-out loss, "
+             f"{metrics['n_examples']} records. \"After\" is the saved adapter ({chosen_by(metrics)}, "
              f"step {metrics['best_step']}).", "",
              "| held-out | before (base model) | after |", "|---|---|---|",
              f"| loss | {before['loss']:.4f} | {after['loss']:.4f} |",

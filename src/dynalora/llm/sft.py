@@ -14,6 +14,11 @@ the last (`initial_metrics` / `metrics` in metrics.json), and the first `samples
 prompts are answered by the base model and by the saved adapter (samples.jsonl, report.md);
 for GSM8K-style answers (`#### <number>`) the first `exact_match_samples` are also scored by
 exact match before and after (`exact_match` in metrics.json). See `dynalora.llm.report`.
+
+The best checkpoint is the one with the lowest held-out loss unless `metric_for_best_model`
+names a generation metric (exact_match, ended, looping, ...), measured at every evaluation on
+`eval_generation_samples` fixed held-out prompts (dynalora.llm.selection); those prompts are
+then left out of the report's, which judge the chosen model on prompts that did not choose it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,17 @@ from dynalora.llm.evaluate import is_gsm8k_style
 from dynalora.llm.generate import Generation, GenerationSettings
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
 from dynalora.llm.objective import LanguageModelObjective
+from dynalora.llm.selection import (
+    DEFAULT_GENERATION_PROMPTS,
+    GENERATION_FIELDS,
+    GENERATION_METRICS,
+    GenerationJudge,
+    check_metric_data,
+    greater_is_better,
+    metric_name,
+    pick_selection_records,
+    prompt_key,
+)
 from dynalora.llm.report import (
     REPORT_FILE,
     SAMPLES_FILE,
@@ -122,12 +138,34 @@ class SftConfig(RunConfig):
                                                  "generation settings: reuse its base-model answers")
     strip_calculator: bool = setting(True, "remove GSM8K's <<a=b>> calculator annotations from the answers (the "
                                            "model has no calculator when it generates)")
+    metric_for_best_model: str = setting("loss", "what chooses the saved checkpoint and drives early stopping: "
+                                                 "loss or perplexity (held-out), or a generation metric measured "
+                                                 "at each evaluation on --eval-generation-samples fixed held-out "
+                                                 "prompts: exact_match (GSM8K-style answers), ended, stopped, "
+                                                 "answer_marker, or looping (lower is better)")
+    greater_is_better: bool | None = setting(None, "whether a higher metric_for_best_model is better; default: "
+                                                   "from the metric (loss, perplexity and looping: lower)")
+    eval_generation_samples: int | None = setting(None, "held-out prompts answered at each evaluation for the "
+                                                        "generation metrics (the same ones at every evaluation "
+                                                        "and for every seed, never a training prompt); default: "
+                                                        f"{DEFAULT_GENERATION_PROMPTS} when metric_for_best_model "
+                                                        "is a generation metric, else 0", min=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.data), "data", "is required (a JSONL file of prompt/response records)", self.data)
         check(self.method in SFT_METHODS, "method", f"must be one of {SFT_METHODS} for SFT", self.method)
         self.generation_settings()  # one-line errors for bad generation values
+        self.metric_for_best_model = metric_name(self.metric_for_best_model)
+        check(self.metric_for_best_model not in GENERATION_METRICS or self.eval_generation_samples != 0,
+              "eval_generation_samples", f"must be positive to choose by {self.metric_for_best_model}",
+              self.eval_generation_samples)
+
+    def selection_prompts(self) -> int:
+        """How many held-out prompts are answered at each evaluation (0: none)."""
+        if self.eval_generation_samples is not None:
+            return self.eval_generation_samples
+        return DEFAULT_GENERATION_PROMPTS if self.metric_for_best_model in GENERATION_METRICS else 0
 
     def generation_settings(self) -> GenerationSettings:
         """How the held-out answers of the report are decoded (greedy)."""
@@ -140,12 +178,25 @@ def read_records(config: SftConfig, path: str) -> list[SftRecord]:
                             strip_calculator_annotations=config.strip_calculator)
 
 
-def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord]]:
-    """Training and evaluation records (a seeded held-out slice of --data without --eval-data)."""
+def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord], list[SftRecord]]:
+    """Training, evaluation and selection records: evaluation is --eval-data or a seeded held-out
+    slice of --data; selection, the prompts answered at each evaluation, a fixed draw from
+    --eval-data (leaving out the prompts of --data) or else from --data (then not trained on)."""
     train = read_records(config, config.data)
+    wanted = config.selection_prompts()
     if config.eval_data:
         evaluation = read_records(config, config.eval_data)
+        selection = pick_selection_records(evaluation, wanted, train) if wanted else []
+        if wanted and not selection:
+            raise ConfigError(f"eval_data: every held-out prompt of {config.eval_data} is also in --data; "
+                              "generation metrics need prompts the model does not train on")
     else:
+        selection = pick_selection_records(train, wanted) if wanted else []
+        chosen = {prompt_key(r) for r in selection}
+        train = [r for r in train if prompt_key(r) not in chosen]
+        if wanted and len(train) < 2:
+            raise ConfigError(f"eval_generation_samples={wanted}: leaves too few of the --data records to train "
+                              "on; pass --eval-data or ask for fewer")
         n_eval = max(1, min(HELD_OUT_MAX, round(HELD_OUT_SHARE * len(train))))
         if len(train) < 2:
             raise ConfigError(f"eval_data: --data has {len(train)} record(s), too few to hold some out; pass --eval-data")
@@ -154,7 +205,7 @@ def split_records(config: SftConfig) -> tuple[list[SftRecord], list[SftRecord]]:
         evaluation = [r for i, r in enumerate(train) if i in held]
         train = [r for i, r in enumerate(train) if i not in held]
     return (subsample(train, config.max_train_samples, config.seed),
-            subsample(evaluation, config.max_eval_samples, config.seed))
+            subsample(evaluation, config.max_eval_samples, config.seed), selection)
 
 
 def report_records(config: SftConfig, evaluation: list[SftRecord]) -> tuple[list[SftRecord], int]:
@@ -222,8 +273,12 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
 
     seed_everything(config.seed)
     with skipped_rows_limit(config.max_skipped_share):
-        train_records, eval_records = split_records(config)
-    sample_records, n_scored = report_records(config, eval_records)
+        train_records, eval_records, selection_records = split_records(config)
+    metric = config.metric_for_best_model
+    check_metric_data(metric, selection_records)
+    # the prompts that choose the checkpoint do not also judge it in the report
+    chosen_on = {prompt_key(r) for r in selection_records}
+    sample_records, n_scored = report_records(config, [r for r in eval_records if prompt_key(r) not in chosen_on])
     before = baseline_answers(config, sample_records)
     if model is None or tokenizer is None:
         model, tokenizer = load_causal_lm(config.model)
@@ -244,21 +299,30 @@ def train_sft(config: SftConfig, callbacks: list[Any] | None = None, model: Any 
     prepared = method.prepare(model, config.replace(target_modules=targets), steps)
     prepared.model.to(device)
     prepared.wrapper.tokenizer = tokenizer  # save_merged writes it beside the weights
-    setup = RunSetup(prepared, LanguageModelObjective(Path(config.data).stem), train_batches, eval_batches,
-                     device, dtype, lr, lr, RUN_FILE, RUN_FORMAT, run_metadata(config, lr, source))
+    judge_each_eval = GenerationJudge(tokenizer, selection_records, config.generation_settings(),
+                                      config.eval_batch_size) if selection_records else None
+    higher = greater_is_better(metric, config.greater_is_better)
+    objective = LanguageModelObjective(Path(config.data).stem, judge_each_eval, metric, higher)
+    setup = RunSetup(prepared, objective, train_batches, eval_batches, device, dtype, lr, lr, RUN_FILE,
+                     RUN_FORMAT, run_metadata(config, lr, source))
+    # answers judged during training must keep their settings when the run resumes
+    free = tuple(f for f in REPORT_FIELDS if not (judge_each_eval and f in GENERATION_FIELDS))
 
     def data_and_base_model(loop: TrainingLoop, log: RunLog) -> None:
         log.write({"kind": "data", "step": 0, "train": train_report.to_dict(), "eval": eval_report.to_dict(),
-                   "train_sequences": len(train_features), "packing": config.packing})
+                   "train_sequences": len(train_features), "packing": config.packing,
+                   "selection": [r.where for r in selection_records]})
         log.write({**loop.evaluate(), "initial": True})  # the base model, before any step
 
     with claim_run(run, config):  # held to the last file
-        checkpoint = start_run_folder(config, run, also_free=REPORT_FIELDS)
+        checkpoint = start_run_folder(config, run, also_free=free)
         outcome = run_loop(config, setup, run, checkpoint, callbacks, data_and_base_model)
         initial = next(r for r in outcome.records if r.get("initial"))
         metrics = {
             "task": "sft", "data": config.data, "method": config.method, "split": "eval", **summary(outcome),
-            "initial_metrics": initial["metrics"], "truncated_train_records": train_report.truncated,
+            "initial_metrics": initial["metrics"], "metric_for_best_model": metric,
+            "best_metric": outcome.best["metrics"][metric], "greater_is_better": higher,
+            "eval_generation_samples": len(selection_records), "truncated_train_records": train_report.truncated,
             "dropped_train_records": train_report.dropped_no_response, "ranks": prepared.wrapper.ranks(),
         }
         out = Path(config.output)

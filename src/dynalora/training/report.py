@@ -81,9 +81,10 @@ class RunLog:
 METRIC_NAMES = {
     "accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson r",
     "spearman": "Spearman rank correlation", "roc_auc": "ROC AUC", "loss": "held-out loss",
-    "perplexity": "held-out perplexity",
+    "perplexity": "held-out perplexity", "exact_match": "exact match", "ended": "share of answers that end",
+    "looping": "share of answers that loop",
 }
-LOWER_IS_BETTER = ("loss", "perplexity")
+LOWER_IS_BETTER = ("loss", "perplexity", "looping")
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
