@@ -109,13 +109,16 @@ def test_a_generation_metric_chooses_the_checkpoint(files, tmp_path):
 def test_a_generation_metric_drives_early_stopping(files, tmp_path):
     out = tmp_path / "stop"
     metrics = run(config(files, out, metric_for_best_model="exact_match", eval_generation_samples=4,
-                         early_stopping_patience=2))
+                         early_stopping_patience=3))
     records = evaluations(out)
     assert metrics["stopped_early"] and metrics["steps"] < metrics["total_steps"]
-    # stopped at the second evaluation in a row that did not beat the best exact match
+    # stopped at the third evaluation in a row that did not beat the best exact match, although
+    # the loss improved in between (it alone would have gone on)
     chosen = first_best(records, "exact_match", greater=True)
-    assert metrics["best_step"] == chosen["step"] and metrics["steps"] == chosen["step"] + 2
+    assert records[0]["metrics"]["exact_match"] < chosen["metrics"]["exact_match"]
+    assert metrics["best_step"] == chosen["step"] and metrics["steps"] == chosen["step"] + 3
     assert records[-1]["step"] == metrics["steps"]
+    assert first_best(records, "loss", greater=False)["step"] > chosen["step"]
 
 
 def test_a_resumed_run_keeps_the_choice(files, tmp_path):
