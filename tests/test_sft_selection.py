@@ -161,7 +161,7 @@ def test_metrics_the_data_cannot_give_are_one_line_errors(files, tmp_path, capsy
         SftConfig(data="d.jsonl", metric_for_best_model="ended", eval_generation_samples=0)
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"question": f"double {n}", "answer": str(2 * n)}
                                                    for n in range(8)])
-    with pytest.raises(ConfigError, match="exact_match.*'#### <number>'"):
+    with pytest.raises(ConfigError, match=r"exact_match.*'#### <number>'"):
         run(config((files[0], plain), tmp_path / "refused", metric_for_best_model="exact_match"))
     assert not (tmp_path / "refused").exists()  # refused before any training
     with pytest.raises(ConfigError, match="eval_data: every held-out prompt"):

@@ -40,17 +40,6 @@ from dynalora.llm.evaluate import is_gsm8k_style
 from dynalora.llm.generate import Generation, GenerationSettings
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
 from dynalora.llm.objective import LanguageModelObjective
-from dynalora.llm.selection import (
-    DEFAULT_GENERATION_PROMPTS,
-    GENERATION_FIELDS,
-    GENERATION_METRICS,
-    GenerationJudge,
-    check_metric_data,
-    greater_is_better,
-    metric_name,
-    pick_selection_records,
-    prompt_key,
-)
 from dynalora.llm.report import (
     REPORT_FILE,
     SAMPLES_FILE,
@@ -61,6 +50,17 @@ from dynalora.llm.report import (
     reuse_before,
     write_report,
     write_samples,
+)
+from dynalora.llm.selection import (
+    DEFAULT_GENERATION_PROMPTS,
+    GENERATION_FIELDS,
+    GENERATION_METRICS,
+    GenerationJudge,
+    check_metric_data,
+    greater_is_better,
+    metric_name,
+    pick_selection_records,
+    prompt_key,
 )
 from dynalora.packaged import portable_name
 from dynalora.training.loop import TrainingLoop
