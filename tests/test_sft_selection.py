@@ -172,3 +172,21 @@ def test_metrics_the_data_cannot_give_are_one_line_errors(files, tmp_path, capsy
     assert "metric_for_best_model='bleu'" in error and len(error.splitlines()) == 1
     parsed = SftConfig.from_dict({"data": "d.jsonl", "metric_for_best_model": "looping"})
     assert parsed.greater_is_better is None and parsed.selection_prompts() == 32
+
+
+def test_the_flags_take_transformers_values():
+    import argparse
+
+    from dynalora.cli.train import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, SftConfig)
+
+    def parsed(*flags):
+        return config_from_args(parser.parse_args(["--data", "d.jsonl", *flags]), SftConfig)
+
+    assert (parsed().metric_for_best_model, parsed().greater_is_better, parsed().selection_prompts()) == ("loss", None, 0)
+    chosen = parsed("--metric-for-best-model", "eval_exact_match", "--no-greater-is-better",
+                    "--eval-generation-samples", "8")
+    assert (chosen.metric_for_best_model, chosen.greater_is_better, chosen.selection_prompts()) == ("exact_match", False, 8)
+    assert parsed("--greater-is-better").greater_is_better is True

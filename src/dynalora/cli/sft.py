@@ -22,7 +22,9 @@ def add_parser(subparsers: Any) -> None:
                     "checkpoints, allocation.json/png (dynamic, rank1: ranks per layer), "
                     "samples.jsonl (the first --samples held-out prompts answered by the base model "
                     "and by the adapter; exact match too for GSM8K-style answers) and report.md "
-                    "(all of it side by side), and prints the final metrics as JSON. Try the result "
+                    "(all of it side by side), and prints the final metrics as JSON. The saved adapter is the "
+                    "evaluation with the lowest held-out loss, or the best --metric-for-best-model (e.g. "
+                    "exact_match, measured by generating at each evaluation). Try the result "
                     "with `dynalora generate --adapter OUTPUT --prompt ...`.")
     add_config_flags(parser, SftConfig)
     parser.set_defaults(func=run)
