@@ -1,4 +1,5 @@
-"""Small pieces the speed benchmarks share: machine description, load, bootstrap intervals."""
+"""Small pieces the speed benchmarks share: machine description, load, bootstrap intervals,
+interleaved timing rounds and the paired-ratio summary."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import platform
 import random
 import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -34,3 +37,29 @@ def bootstrap_interval(values: list[float], statistic=statistics.median, resampl
     lo = stats[int((1 - level) / 2 * resamples)]
     hi = stats[int((1 + level) / 2 * resamples) - 1]
     return [lo, hi]
+
+
+def interleaved_rounds(cases: dict[str, Callable[[dict], object]], batches: list[dict], rounds: int,
+                       warmup: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each case; every round runs every case once, in a shuffled order, on
+    the same batch, so load on the machine hits all cases alike (rounds < warmup are dropped)."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    order, rng = list(cases), random.Random(seed)
+    for round_ in range(warmup + rounds):
+        rng.shuffle(order)
+        batch = batches[round_ % len(batches)]
+        for name in order:
+            start = time.perf_counter()
+            cases[name](batch)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_summary(times: dict[str, list[float]], pairs: dict[str, tuple[str, str]]) -> dict[str, object]:
+    """Median seconds per case, and for each `label: (case, reference)` the median of the
+    round-by-round ratios with its bootstrap interval (pairing cancels slow drifts in load)."""
+    ratios = {label: [a / b for a, b in zip(times[case], times[ref])] for label, (case, ref) in pairs.items()}
+    return {"median_seconds": {name: statistics.median(t) for name, t in times.items()},
+            "median_paired_ratio": {label: statistics.median(r) for label, r in ratios.items()},
+            "ratio_95ci": {label: bootstrap_interval(r) for label, r in ratios.items()}}

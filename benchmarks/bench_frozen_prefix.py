@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import bootstrap_interval, load_average, machine_info
+from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
 
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.files import write_json
@@ -103,28 +100,16 @@ def main(argv: list[str] | None = None) -> dict:
     batches = [{"input_ids": torch.randint(1000, 30522, (args.batch, args.seq), generator=gen),
                 "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
                 "labels": torch.randint(0, 2, (args.batch,), generator=gen)} for _ in range(4)]
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    order, rng = list(cases), random.Random(0)
     load_before = load_average()
-    for round_ in range(args.warmup + args.rounds):
-        rng.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            cases[name](batches[round_ % len(batches)])
-            if round_ >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    paired = {
-        "top_half / all_layers": [a / b for a, b in zip(times["top_half"], times["all_layers"])],
-        "top_half_no_grad / top_half": [a / b for a, b in zip(times["top_half_no_grad"], times["top_half"])],
-    }
+    times = interleaved_rounds(cases, batches, args.rounds, args.warmup)
+    summary = paired_summary(times, {"top_half / all_layers": ("top_half", "all_layers"),
+                                    "top_half_no_grad / top_half": ("top_half_no_grad", "top_half")})
     result = {
         "command": " ".join([".venv/bin/python", "benchmarks/bench_frozen_prefix.py", *(argv or sys.argv[1:])]),
         "machine": machine_info(),
         "load_average_before_after": [load_before, load_average()],
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "median_seconds": {name: statistics.median(t) for name, t in times.items()},
-        "median_paired_ratio": {name: statistics.median(r) for name, r in paired.items()},
-        "ratio_95ci": {name: bootstrap_interval(r) for name, r in paired.items()},
+        **summary,
         "times": times,
     }
     write_json(args.output, result)

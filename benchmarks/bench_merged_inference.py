@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from bench_common import bootstrap_interval, load_average, machine_info
+from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
 
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.files import write_json
@@ -85,18 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(1000, 30522, (args.batch, args.seq), generator=gen),
                 "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long)} for _ in range(4)]
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    order, rng = list(cases), random.Random(0)
     load_before = load_average()
-    for round_ in range(args.warmup + args.rounds):
-        rng.shuffle(order)
-        batch = batches[round_ % len(batches)]
-        for name in order:
-            start = time.perf_counter()
-            cases[name](batch)
-            if round_ >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    paired = {name: [t / b for t, b in zip(times[name], times["base"])] for name in cases if name != "base"}
+    times = interleaved_rounds(cases, batches, args.rounds, args.warmup)
+    summary = paired_summary(times, {f"{name} / base": (name, "base") for name in cases if name != "base"})
     result = {
         "command": " ".join([".venv/bin/python", "benchmarks/bench_merged_inference.py", *(argv or sys.argv[1:])]),
         "machine": machine_info(),
@@ -105,13 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
         "same_structure_as_base": same,
         "unloaded_structure": {"hooks": structure(unloaded)["hooks"],
                                "lora_modules_left": sum("Lora" in t for t in structure(unloaded)["modules"])},
-        "median_seconds": {name: statistics.median(t) for name, t in times.items()},
-        "median_paired_ratio_to_base": {name: statistics.median(r) for name, r in paired.items()},
-        "ratio_95ci": {name: bootstrap_interval(r) for name, r in paired.items()},
+        **summary,
         "times": times,
     }
     write_json(args.output, result)
-    print(json.dumps({k: result[k] for k in ("median_seconds", "median_paired_ratio_to_base", "ratio_95ci",
+    print(json.dumps({k: result[k] for k in ("median_seconds", "median_paired_ratio", "ratio_95ci",
                                              "load_average_before_after")}, indent=2))
     return result
 
