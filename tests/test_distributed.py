@@ -10,14 +10,13 @@ kill-and-resume test kills rank 0 with SIGKILL right after a checkpoint and resu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from distributed_helpers import spawn, torchrun_command
+from distributed_helpers import launch_environment, spawn, torchrun_command
 from torch.multiprocessing import ProcessExitedException
 from training_helpers import (
     TINY_SETTINGS,
@@ -102,10 +101,8 @@ def test_killed_two_process_run_resumes_under_torchrun(two_process_runs: Path, t
     assert checkpoint is not None and checkpoint.progress["step"] == 16
     assert not (out / "metrics.json").exists()
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(torchrun_command({**config, "resume": True}), env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(torchrun_command({**config, "resume": True}), env=launch_environment(tmp_path),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     straight = two_process_runs / "dynamic"

@@ -1,16 +1,20 @@
 """Which process this is in a data-parallel run, and the process group that joins them.
 
-Launchers (`torchrun`, `accelerate launch`, `torch.multiprocessing` with the variables set by
-hand) describe the run in the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
-`join_process_group()` reads them and joins torch.distributed's process group (gloo on CPU,
-NCCL when the process drives a GPU); without them it is a no-op and everything below
-behaves as one process of a world of one, so the training loop has a single code path.
+Launchers (`torchrun`, `accelerate launch --multi_gpu`, `torch.multiprocessing` with the
+variables set by hand) describe the run in the environment: RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT. `accelerate launch --cpu` starts several processes only through mpirun
+(`--mpirun_hostfile`), which names them in MPI's own variables (PMI_RANK, OMPI_COMM_WORLD_RANK,
+...): they are read as accelerate reads them. `join_process_group()` joins torch.distributed's
+process group (gloo on CPU, NCCL when the process drives a GPU); without a launcher it is a
+no-op and everything below behaves as one process of a world of one, so the training loop has
+a single code path.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,25 +45,48 @@ class ProcessInfo:
         return self.world_size > 1
 
 
+# Where each launcher puts a process's place, first match wins: torchrun (and accelerate's
+# --multi_gpu, which is torchrun), then mpirun's as accelerate reads them on CPU (Intel MPI /
+# MPICH, Open MPI, MVAPICH2).
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+WORLD_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+LOCAL_VARIABLES = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
 def launcher_info(environ: dict[str, str] | None = None) -> ProcessInfo:
     """The rank / world size / local rank a launcher put in the environment (1 process if none)."""
     env = os.environ if environ is None else environ
 
-    def number(name: str, default: int) -> int:
-        text = env.get(name)
-        if text is None or text == "":
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
+    def number(names: tuple[str, ...], default: int) -> int:
+        for name in names:
+            text = env.get(name)
+            if text is None or text == "":
+                continue
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
+        return default
 
-    world = number("WORLD_SIZE", 1)
-    rank = number("RANK", 0)
-    local = number("LOCAL_RANK", rank)
+    world = number(WORLD_VARIABLES, 1)
+    rank = number(RANK_VARIABLES, 0)
+    local = number(LOCAL_VARIABLES, rank)
     if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"environment: RANK={rank} does not fit WORLD_SIZE={world}")
+        raise ConfigError(f"environment: rank {rank} does not fit world size {world} (RANK / WORLD_SIZE or "
+                          "the MPI launcher's variables)")
     return ProcessInfo(rank, world, local)
+
+
+def single_accelerate_process(environ: dict[str, str] | None = None) -> bool:
+    """Whether `accelerate launch` was asked for several processes but started only this one.
+
+    Without --multi_gpu (or mpirun through --mpirun_hostfile) accelerate's "simple" launcher
+    runs the command once, even with --num_processes 2 --cpu; it marks that process with
+    ACCELERATE_USE_CPU and sets MASTER_ADDR only when more processes were asked for.
+    """
+    env = os.environ if environ is None else environ
+    described = any(env.get(name) for name in WORLD_VARIABLES)
+    return "ACCELERATE_USE_CPU" in env and bool(env.get("MASTER_ADDR")) and not described
 
 
 def current() -> ProcessInfo:
@@ -84,6 +111,10 @@ def join_process_group(device: str = "auto", timeout: timedelta = DEFAULT_TIMEOU
     when the interpreter exits. Each GPU process drives the GPU of its LOCAL_RANK.
     """
     info = launcher_info()
+    if single_accelerate_process():
+        warnings.warn("accelerate launch started one process: on CPUs it starts several only with "
+                      "--multi_gpu --num_processes N (gloo is used without GPUs) or through mpirun; "
+                      "this run trains in one process", UserWarning, stacklevel=2)
     if not info.distributed or dist.is_initialized():
         return current()
     if not dist.is_available():
@@ -92,6 +123,8 @@ def join_process_group(device: str = "auto", timeout: timedelta = DEFAULT_TIMEOU
         if not os.environ.get(name):
             raise ConfigError(f"WORLD_SIZE={info.world_size} but {name} is not set; start the run with "
                               "torchrun or accelerate launch")
+    # mpirun's processes: name them as torchrun would, for everything that reads RANK later
+    os.environ.update(RANK=str(info.rank), WORLD_SIZE=str(info.world_size), LOCAL_RANK=str(info.local_rank))
     backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)

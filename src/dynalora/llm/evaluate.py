@@ -42,8 +42,8 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
 
 
 @torch.no_grad()
-def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """{"loss": mean response-token cross-entropy, "perplexity": exp(loss), "tokens": count}."""
+def response_loss_sum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """(summed response-token cross-entropy, number of response tokens) over `batches`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -56,10 +56,20 @@ def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) 
             count += tokens
     finally:
         model.train(was_training)
+    return total, count
+
+
+def loss_summary(total: float, count: int) -> dict[str, float]:
+    """{"loss": mean response-token cross-entropy, "perplexity": exp(loss), "tokens": count}."""
     if count == 0:
         raise ValueError("no response tokens to evaluate (every label is -100)")
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(count)}
+
+
+def response_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """{"loss": mean response-token cross-entropy, "perplexity": exp(loss), "tokens": count}."""
+    return loss_summary(*response_loss_sum(model, batches))
 
 
 def _clean_number(token: str) -> str | None:

@@ -1,7 +1,11 @@
 """The SFT objective for the shared training loop: next-token cross-entropy on response tokens,
 judged by the held-out response loss (and perplexity), lower is better; or, with a
 `GenerationJudge` (dynalora.llm.selection), also by what the model generates at each
-evaluation, one of whose metrics may then choose the best model and drive early stopping."""
+evaluation, one of whose metrics may then choose the best model and drive early stopping.
+
+In a data-parallel run each process evaluates every W-th held-out batch and the loss sums and
+token counts are gathered and added in rank order, so every process gets the same numbers
+(those of one process, up to the order of the float additions) for a W-th of the work."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynalora.llm.evaluate import response_loss, token_loss
+from dynalora.distributed import current, gather_objects
+from dynalora.llm.evaluate import loss_summary, response_loss_sum, token_loss
 from dynalora.llm.selection import GenerationJudge
 from dynalora.training.evaluation import model_inputs
 from dynalora.training.optim import autocast
@@ -36,8 +41,12 @@ class LanguageModelObjective:
 
     def evaluate(self, model: nn.Module, batches: Any, device: torch.device,
                  dtype: torch.dtype | None) -> tuple[dict[str, float], int]:
+        process = current()
+        mine = (b for i, b in enumerate(batches) if i % process.world_size == process.rank)
         with autocast(device, dtype):
-            result = response_loss(model, batches)
+            part = response_loss_sum(model, mine)
+        shares = gather_objects(part)
+        result = loss_summary(sum(total for total, _ in shares), sum(count for _, count in shares))
         if self.judge is not None:
             result.update(self.judge(model))
         return {"main": result[self.main_metric], **result}, len(batches.features)

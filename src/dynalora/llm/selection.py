@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dynalora.data.sft import SftRecord
+from dynalora.distributed import current, gather_objects
 from dynalora.errors import ConfigError
 from dynalora.llm.evaluate import is_gsm8k_style, score_answers
 from dynalora.llm.generate import GenerationSettings, generate_many
@@ -94,8 +95,14 @@ class GenerationJudge:
         self.scored = is_gsm8k_style(self.records)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        answers = generate_many(model, self.tokenizer, [r.context() for r in self.records], self.settings,
-                                self.batch_size)
+        # Data-parallel: process r answers prompts r, r + W, ... and all answers are gathered,
+        # so every process judges the same answers (and makes the same choice) for a W-th of
+        # the work; alone, this is every prompt in order.
+        process = current()
+        mine = self.records[process.rank::process.world_size]
+        parts = gather_objects(generate_many(model, self.tokenizer, [r.context() for r in mine], self.settings,
+                                             self.batch_size) if mine else [])
+        answers = [parts[i % process.world_size][i // process.world_size] for i in range(len(self.records))]
         correct = None
         if self.scored:
             correct = [s["correct"] for s in score_answers(self.records, [a.text for a in answers])]

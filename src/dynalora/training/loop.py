@@ -185,20 +185,22 @@ class TrainingLoop:
         if world == 1 and not torch.isfinite(loss):
             self.diverged(f"the loss is {loss.item()}")
         loss = loss / group
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if loss.requires_grad:  # an empty shard without regularisers has nothing to differentiate
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
 
-    def synchronise(self, loss: float) -> float:
-        """Distributed: sum the accumulated gradients (and `loss`) over the processes and merge
-        the allocation statistics, before the step and its decisions; returns the global loss."""
+    def synchronise(self, loss: float, tokens: int) -> tuple[float, int]:
+        """Distributed: sum the accumulated gradients (with `loss` and `tokens`) over the processes
+        and merge the allocation statistics, before the step and its decisions; returns the global
+        batch's loss and tokens."""
         if not self.process.distributed:
-            return loss
+            return loss, tokens
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        (loss,) = all_reduce_gradients(params, [loss])
+        loss, total = all_reduce_gradients(params, [loss, tokens])
         if not math.isfinite(loss):
             self.diverged(f"the loss is {loss}")
         self.statistics.reduce()
-        return loss
+        return loss, round(total)
 
     def optimizer_step(self) -> float:
         """One optimizer step; returns the gradient norm before clipping (for the log)."""
@@ -273,7 +275,7 @@ class TrainingLoop:
                         loss += self.micro_step(batch, group)
                         state["position"] += 1
                     lr = self.scheduler.get_last_lr()[0]  # this step's lr; optimizer_step moves the schedule on
-                    loss = self.synchronise(loss)
+                    loss, tokens = self.synchronise(loss, tokens)
                     grad_norm = self.optimizer_step()
                     step = state["step"]
                     now = time.perf_counter()

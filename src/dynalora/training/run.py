@@ -35,6 +35,7 @@ from dynalora.data import BucketBatcher
 from dynalora.distributed import (
     ShardedBatches,
     barrier,
+    broadcast_object,
     broadcast_parameters,
     current,
     gather_objects,
@@ -189,6 +190,10 @@ def run_loop(config: Any, setup: RunSetup, run: RunFolder, checkpoint: Checkpoin
     log = RunLog(out / "log.jsonl", resume_step=loop.state["step"] if checkpoint else None,
                  sinks=make_sinks(config, out, loop.total_steps, show_bar(config)) if process.is_main else None,
                  enabled=process.is_main)
+    if checkpoint is not None and process.distributed:
+        # the records before the checkpoint are in the main process's log.jsonl: every process's
+        # outcome holds them (SFT's summary reads the initial evaluation from them)
+        log.records = broadcast_object(log.records)
     try:
         if checkpoint is None and before_first_step is not None:
             before_first_step(loop, log)
