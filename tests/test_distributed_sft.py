@@ -29,13 +29,16 @@ from dynalora.training.checkpoint import latest_checkpoint
 
 # answers of 1 or 2 digits: shards hold different numbers of response tokens, and the loss
 # must weigh them by tokens, not by rows, to equal the one-process run
-RECORDS = [{"question": f"{a}x{b}?", "answer": str(a * b)} for a in range(1, 5) for b in range(2, 6)]
+RECORDS = [{"question": f"{a}x{b}?", "answer": str(a * b)} for a in range(1, 7) for b in range(2, 6)]
+TRAIN, HELD_OUT = RECORDS[:16], RECORDS[16:]
 STEPS = 6  # 16 records in batches of 5 (5, 5, 5, 1), two per step, 3 epochs
 KILL_AT = 3  # the checkpoint of the evaluation at step 2 is the one to resume from
 
 
 def fields(folder: Path, output: Path, **extra: Any) -> dict[str, Any]:
-    return {"data": str(folder / "train.jsonl"), "eval_data": str(folder / "train.jsonl"),
+    # 3 held-out prompts answered at every evaluation (shared out over the processes), the
+    # report's 2 samples from the other 5
+    return {"data": str(folder / "train.jsonl"), "eval_data": str(folder / "eval.jsonl"), "eval_generation_samples": 3,
             "model": str(folder / "tiny-llama"), "output": str(output), "max_length": 48, "batch_size": 5,
             "grad_accum": 2, "eval_batch_size": 4, "epochs": 3, "lr": 5e-3, "dropout": 0.0, "warmup_ratio": 0.0,
             "seed": 3, "samples": 2, "generation_samples": 2, "max_new_tokens": 6, "progress": False, **extra}
@@ -46,7 +49,8 @@ def sft_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("distributed_sft")
     tiny_llama().save_pretrained(root / "tiny-llama")
     tiny_chat_tokenizer().save_pretrained(root / "tiny-llama")
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    for name, records in (("train", TRAIN), ("eval", HELD_OUT)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     jobs = [{"name": "sft", "task": "sft", "config": fields(root, root / "sft")},
             {"name": "killed", "task": "sft", "config": fields(root, root / "killed"), "kill_at": KILL_AT}]
     with pytest.raises(ProcessExitedException, match="SIGKILL"):
@@ -66,13 +70,15 @@ def test_two_process_sft_matches_one_process_and_only_the_main_process_writes(
     assert sorted(mine) == sorted(theirs)
     for name in mine:
         torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
-    # the logged training loss is the global batch's (token-weighted over the shards), and the
-    # held-out loss, evaluated half by each process, is the whole held-out set's
+    # the logged training loss is the global batch's (token-weighted over the shards); the
+    # held-out loss and the answers judged at each evaluation, half by each process, are the
+    # whole held-out set's
     losses = [[r["loss"] for r in read_log(folder) if r["kind"] == "train"] for folder in (run, tmp_path / "single")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     for key in ("metrics", "initial_metrics"):
         assert double[key] == pytest.approx(single[key], rel=1e-5), key
     assert double["metrics"]["loss"] < double["initial_metrics"]["loss"]
+    assert double["metrics"]["generation_n"] == 3
 
     steps = [json.loads((sft_runs / f"sft-rank{rank}.json").read_text()) for rank in range(2)]
     assert len(steps[0]) == STEPS and steps[0] == steps[1]  # the same tensors, bit for bit, after every step
