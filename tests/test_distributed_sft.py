@@ -94,6 +94,7 @@ def test_two_process_sft_matches_one_process_and_only_the_main_process_writes(
 
 
 def test_killed_two_process_sft_resumes_under_accelerate_launch(sft_runs: Path, tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
     out = sft_runs / "killed"
     checkpoint = latest_checkpoint(out / "checkpoints")
     assert checkpoint is not None and checkpoint.progress["step"] == KILL_AT - 1
