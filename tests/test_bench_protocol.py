@@ -180,7 +180,7 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     assert len(tier1.arms) * len(tier1.tasks) * len(tier1.seeds) == 60
     assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
                  "--records", str(tmp_path / "runs.jsonl")]) == 0
-    assert "12 runs left" in capsys.readouterr().out
+    assert "6 runs left" in capsys.readouterr().out  # 2 arms x 3 lrs on the one grid task
     assert main(["bench", "--profile", "paper", "--tasks", "mrpc", "--records", str(tmp_path / "r.jsonl")]) == 2
     assert "--tasks: not used by --profile paper" in capsys.readouterr().err
     assert main(["bench", "report", "--records", str(tmp_path / "missing.jsonl")]) == 2
