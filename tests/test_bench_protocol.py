@@ -151,7 +151,8 @@ def hand_record(task, arm, seed, dev, lr=1e-3, stage="seeds", selection=0.8):
 
 def test_report_is_rebuilt_from_the_records_alone(tmp_path):
     recs = [hand_record("mrpc", arm, 0, 0.7, lr=lr, stage="grid", selection=sel)
-            for arm, lr, sel in (("lora", 1e-3, 0.81), ("lora", 3e-3, 0.80), ("dora", 1e-3, 0.70), ("dora", 3e-3, 0.75))]
+            for arm, lr, sel in (("lora", 1e-3, 0.81), ("lora", 3e-3, 0.80), ("dora", 1e-3, 0.70), ("dora", 3e-3, 0.75),
+                                 ("lora", 3e-4, 0.79))]  # lora is a paper arm: its whole grid is 3e-4, 1e-3, 3e-3
     recs[0]["dev"]["glue"], recs[3]["dev"]["glue"] = 0.80, 0.78  # the chosen grid runs are seed 0
     lora = [0.80, 0.82, 0.79, 0.81, 0.83]
     dora = [0.78, 0.83, 0.80, 0.84, 0.85]
@@ -212,3 +213,16 @@ def csv_rows(path):
 
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_report_decides_nothing_from_a_partial_grid(tmp_path):
+    """A paper arm with 2 of its 3 grid runs has no lr yet: the grid table says so and none of
+    its runs is counted (the runner would not have started its seed runs either)."""
+    path = tmp_path / "runs.jsonl"
+    for lr, sel in ((1e-3, 0.81), (3e-3, 0.80)):
+        append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=lr, stage="grid", selection=sel))
+    text = write_report(path, tmp_path / "report")
+    assert "(2 records, 0 counted)" in text
+    grid = (tmp_path / "report" / "lr_grid.csv").read_text()
+    assert grid.count("pending (2 of 3 runs)") == 2 and "yes" not in grid
+    assert not (tmp_path / "report" / "dots.png").exists()

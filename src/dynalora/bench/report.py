@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.analysis.tables import write_table
-from dynalora.bench.protocol import choose_lrs
+from dynalora.bench.protocol import choose_lrs, expected_grids, paper_protocol
 from dynalora.bench.records import lr_text, read_records
 from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
@@ -28,6 +28,16 @@ GLUE_METRIC = {"regression": "mean of Pearson and Spearman", "f1": "mean of accu
 def glue_metric_name(task: str) -> str:
     spec = get_task(task)
     return GLUE_METRIC["regression"] if spec.is_regression else GLUE_METRIC.get(spec.main_metric, "accuracy")
+
+
+def decided_lrs(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each arm's chosen lr: an arm of the paper protocol once its whole grid is recorded (a
+    partial grid decides nothing, as in the runner), any other arm from its records alone."""
+    grids = expected_grids(paper_protocol())
+    expected = {arm: grids[arm] for arm in {r["arm"] for r in records if r.get("stage") == "grid"} if arm in grids}
+    chosen = choose_lrs(records, expected)
+    chosen.update(choose_lrs([r for r in records if r["arm"] not in expected]))
+    return chosen, expected
 
 
 def counted_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,13 +110,22 @@ def paired_row(arm: str, task: str, differences: list[float]) -> dict[str, Any]:
             "95% CI": result.interval_text(), "Wilcoxon p": result.p_text()}
 
 
-def lr_rows(chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
+            expected: dict[str, tuple[list[float], tuple[str, ...]]]) -> list[dict[str, Any]]:
+    """Every grid run's selection score; an arm whose grid is incomplete says how far it got."""
+    grid: dict[str, dict[float, dict[str, float]]] = defaultdict(dict)
+    for r in records:
+        if r.get("stage") == "grid":
+            grid[r["arm"]].setdefault(float(r["lr"]), {})[r["task"]] = r["selection_score"]
     rows = []
-    for arm, entry in chosen.items():
-        for lr, cell in entry["grid"].items():
-            rows.append({"arm": arm, "lr": lr, "chosen": "yes" if float(lr) == entry["lr"] else "",
-                         **{task: f"{100 * v:.2f}" for task, v in cell["tasks"].items()},
-                         "mean": f"{100 * cell['mean']:.2f}"})
+    for arm, by_lr in grid.items():
+        done = sum(len(v) for v in by_lr.values())
+        wanted = len(expected[arm][0]) * len(expected[arm][1]) if arm in expected else done
+        for lr, tasks in sorted(by_lr.items()):
+            mark = ("yes" if float(lr) == chosen[arm]["lr"] else "") if arm in chosen else f"pending ({done} of {wanted} runs)"
+            rows.append({"arm": arm, "lr": f"{lr:g}", "chosen": mark,
+                         **{task: f"{100 * v:.2f}" for task, v in tasks.items()},
+                         "mean": f"{100 * statistics.fmean(tasks.values()):.2f}"})
     return rows
 
 
@@ -130,6 +149,8 @@ def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, A
     rows = []
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
+        if not mine:  # e.g. its lr grid is not complete yet
+            continue
         ratios = [r["budget_vs_lora"] for r in mine if r.get("budget_vs_lora") is not None]
         adapters = [r["adapter_params"] for r in mine if r.get("adapter_params") is not None]
         rows.append({"arm": arm, "trainable params (median)": int(statistics.median(r["trainable_params"] for r in mine)),
@@ -142,7 +163,7 @@ def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, A
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
     """Every table and dots.png into `output`; returns report.md's text."""
     records = read_records(records_path)
-    chosen = choose_lrs(records)
+    chosen, expected = decided_lrs(records)
     runs = counted_runs(records, chosen)
     tasks = list(dict.fromkeys(r["task"] for r in sorted(runs, key=lambda r: r.get("tier", ""))))
     arms = list(dict.fromkeys(r["arm"] for r in records))
@@ -160,19 +181,20 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
         parts.append(write_table(
             paired_rows(cells, tasks, arms, reference), ["arm", "task", "n", "mean difference", "95% CI", "Wilcoxon p"],
             output / "paired", title=f"Paired differences against {reference}") + "\n" + note)
-    grid_tasks = sorted({t for e in chosen.values() for c in e["grid"].values() for t in c["tasks"]})
-    parts.append(write_table(lr_rows(chosen), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
+    grid_tasks = sorted({r["task"] for r in records if r.get("stage") == "grid"})
+    parts.append(write_table(lr_rows(records, chosen, expected), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
                              title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))
-    parts.append(write_table(convergence_rows(runs), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
+    parts.append(write_table(convergence_rows(records), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
                                                       "stopped early", "best at last evaluation", "run time s (mean)"],
                              output / "convergence", title="Convergence: runs whose best was their last "
-                             "evaluation may have stopped too soon"))
+                             "evaluation may have stopped too soon (every finished run, grid runs included)"))
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)"], output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
-    dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
-             output / "dots.png")
-    parts.append("![every seed per task](dots.png)\n")
+    if runs:  # nothing to plot while every grid is incomplete
+        dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
+                 output / "dots.png")
+        parts.append("![every seed per task](dots.png)\n")
     text = "\n".join(parts)
     with atomic_path(output / "report.md") as tmp:
         tmp.write_text(text)
