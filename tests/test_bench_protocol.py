@@ -77,6 +77,7 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
     for field in ("task", "method", "targets", "seed", "lr", "method_options", "selection_score", "dev",
                   "trainable_params", "wall_s", "epochs_run", "best_step", "command", "machine", "curve"):
         assert field in record, field
+    assert record["resumed"] is False and record["allocation"] is None  # LoRA allocates nothing
     assert record["command"].startswith("dynalora train --task sst2 --method lora --seed 0 --lr ")
     assert "--selection split" in record["command"] and set(record["dev"]) >= {"glue", "accuracy"}
     chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]

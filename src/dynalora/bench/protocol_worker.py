@@ -102,10 +102,12 @@ def main(folder: str) -> None:
         "trainable_params": metrics["trainable_params"], "total_params": metrics["total_params"],
         "adapter_params": budget, "lora_budget": reference,
         "budget_vs_lora": budget / reference if budget is not None and reference else None,
-        "wall_s": metrics["train_wall_s"], "run_wall_s": round(time.perf_counter() - started, 1),
+        # wall_s (training only) adds up over resumed attempts; run_wall_s is this attempt's
+        "wall_s": metrics["train_wall_s"], "run_wall_s": round(time.perf_counter() - started, 1), "resumed": resume,
         "epochs_run": round(metrics["steps"] * config.epochs / metrics["total_steps"], 3),
         "steps": metrics["steps"], "best_step": metrics["best_step"], "best_epoch": metrics["best_epoch"],
         "stopped_early": metrics["stopped_early"], "curve": eval_curve(run),
+        "allocation": metrics.get("allocation"),  # dynamic / rank1: resizes, final ranks by module type, weights
         "command": train_command({k: v for k, v in job["train"].items() if k not in ("output", "progress")}),
         "machine": machine_info(str(device)),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
