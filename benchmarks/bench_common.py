@@ -40,9 +40,10 @@ def bootstrap_interval(values: list[float], statistic=statistics.median, resampl
 
 
 def interleaved_rounds(cases: dict[str, Callable[[dict], object]], batches: list[dict], rounds: int,
-                       warmup: int, seed: int = 0) -> dict[str, list[float]]:
+                       warmup: int, seed: int = 0, progress: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each case; every round runs every case once, in a shuffled order, on
-    the same batch, so load on the machine hits all cases alike (rounds < warmup are dropped)."""
+    the same batch, so load on the machine hits all cases alike (rounds < warmup are dropped).
+    `progress`: print the running medians after each timed round."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     order, rng = list(cases), random.Random(seed)
     for round_ in range(warmup + rounds):
@@ -53,6 +54,9 @@ def interleaved_rounds(cases: dict[str, Callable[[dict], object]], batches: list
             cases[name](batch)
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
+        if progress and round_ >= warmup:
+            line = ", ".join(f"{n} {statistics.median(t):.3f}s" for n, t in times.items())
+            print(f"round {round_ + 1 - warmup}/{rounds}: {line}", flush=True)
     return times
 
 

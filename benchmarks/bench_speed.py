@@ -26,15 +26,14 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_common import interleaved_rounds
 
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.files import write_json
@@ -156,23 +155,7 @@ def lora_config(args: argparse.Namespace) -> LoraConfig:
 
 def measure(cases: dict[str, Callable[[dict], None]], batches: list[dict], steps: int, warmup: int,
             seed: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    order = list(cases)
-    rng = random.Random(seed)
-    for round_ in range(warmup + steps):
-        rng.shuffle(order)
-        batch = batches[round_ % len(batches)]
-        for name in order:
-            start = time.perf_counter()
-            cases[name](batch)
-            elapsed = time.perf_counter() - start
-            if round_ >= warmup:
-                times[name].append(elapsed)
-        done = round_ + 1 - warmup
-        if done > 0:
-            line = ", ".join(f"{n} {statistics.median(t):.3f}s" for n, t in times.items())
-            print(f"round {done}/{steps}: {line}", flush=True)
-    return times
+    return interleaved_rounds(cases, batches, steps, warmup, seed, progress=True)
 
 
 def machine() -> dict[str, object]:
