@@ -188,6 +188,15 @@ def seed_jobs(protocol: Protocol, tier: Tier, chosen: dict[str, float]) -> list[
     return jobs
 
 
+def grid_scores(records: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
+    """arm -> lr -> task -> selection score, from the grid runs among `records`."""
+    scores: dict[str, dict[float, dict[str, float]]] = {}
+    for r in records:
+        if r.get("stage") == "grid":
+            scores.setdefault(r["arm"], {}).setdefault(float(r["lr"]), {})[r["task"]] = r["selection_score"]
+    return scores
+
+
 def choose_lrs(records: list[dict[str, Any]],
                expected: dict[str, tuple[list[float], tuple[str, ...]]] | None = None) -> dict[str, dict[str, Any]]:
     """Each arm's lr from its grid records: the best mean selection score over the grid tasks.
@@ -196,12 +205,8 @@ def choose_lrs(records: list[dict[str, Any]],
     (the runner), else every recorded lr on the same tasks (the report, from records alone).
     Ties go to the smaller lr. Dev figures play no part.
     """
-    scores: dict[str, dict[float, dict[str, float]]] = {}
-    for r in records:
-        if r.get("stage") == "grid":
-            scores.setdefault(r["arm"], {}).setdefault(float(r["lr"]), {})[r["task"]] = r["selection_score"]
     chosen = {}
-    for arm, by_lr in scores.items():
+    for arm, by_lr in grid_scores(records).items():
         if expected is not None:
             if arm not in expected:
                 continue

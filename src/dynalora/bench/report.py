@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.analysis.tables import write_table
-from dynalora.bench.protocol import choose_lrs, expected_grids, paper_protocol
+from dynalora.bench.protocol import choose_lrs, expected_grids, grid_scores, paper_protocol
 from dynalora.bench.records import lr_text, read_records
 from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
@@ -113,12 +113,8 @@ def paired_row(arm: str, task: str, differences: list[float]) -> dict[str, Any]:
 def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
             expected: dict[str, tuple[list[float], tuple[str, ...]]]) -> list[dict[str, Any]]:
     """Every grid run's selection score; an arm whose grid is incomplete says how far it got."""
-    grid: dict[str, dict[float, dict[str, float]]] = defaultdict(dict)
-    for r in records:
-        if r.get("stage") == "grid":
-            grid[r["arm"]].setdefault(float(r["lr"]), {})[r["task"]] = r["selection_score"]
     rows = []
-    for arm, by_lr in grid.items():
+    for arm, by_lr in grid_scores(records).items():
         done = sum(len(v) for v in by_lr.values())
         wanted = len(expected[arm][0]) * len(expected[arm][1]) if arm in expected else done
         for lr, tasks in sorted(by_lr.items()):

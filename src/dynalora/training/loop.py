@@ -185,7 +185,7 @@ class TrainingLoop:
         if world == 1 and not torch.isfinite(loss):
             self.diverged(f"the loss is {loss.item()}")
         loss = loss / group
-        if loss.requires_grad:  # an empty shard without regularisers has nothing to differentiate
+        if world == 1 or loss.requires_grad:  # an empty shard without regularisers has nothing to differentiate
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.item()
 
