@@ -93,10 +93,17 @@ def test_evaluate_reproduces_metrics_json_exactly(lora_run) -> None:
 
 
 # -- kill and resume --------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["lora", "dynamic"])
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(method: str, tiny_model_dir: Path,
+# AdaLoRA's 36-step schedules put the step-16 checkpoint past the final allocation (step 16),
+# or in the middle of budgeting (steps 3-28), where its sensitivity averages decide what follows.
+ADALORA_FINAL, ADALORA_BUDGETING = {"tinit": 2, "tfinal": 20, "deltaT": 2}, {"tinit": 2, "tfinal": 8, "deltaT": 2}
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("lora", {}), ("dynamic", DYNAMIC_OPTIONS),
+    ("peft-adalora", ADALORA_FINAL), ("peft-adalora", ADALORA_BUDGETING)],
+    ids=["lora", "dynamic", "adalora-final", "adalora-budgeting"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(method: str, options: dict, tiny_model_dir: Path,
                                                              tiny_glue_dir: Path, tmp_path: Path) -> None:
-    options = DYNAMIC_OPTIONS if method == "dynamic" else {}
 
     def config(out: Path, **extra) -> TrainConfig:
         # dropout on: the resumed run must also restore the random generators' states
@@ -124,6 +131,10 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(method: str, tiny_m
         assert any(step < 16 and ranks[step] != [8, 8, 8, 8] for step in ranks)
         assert any(step > 16 and ranks[step] != ranks[max(s for s in ranks if s < 16)] for step in ranks)
         assert json.loads((tmp_path / "resumed" / "allocation.json").read_text()) == history
+    if method == "peft-adalora":  # the same masks, chosen at the same steps
+        history = json.loads((tmp_path / "straight" / "adalora_ranks.json").read_text())["history"]
+        assert len(history) > 1
+        assert json.loads((tmp_path / "resumed" / "adalora_ranks.json").read_text())["history"] == history
 
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir: Path, tiny_glue_dir: Path, tmp_path: Path) -> None:

@@ -114,10 +114,12 @@ def majority_share(table: Path) -> float:
 
 
 def saved_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    """What a run saved as its trained model (adapter file, or the trained-state file)."""
+    """What a run saved as its trained model (our adapter file, PEFT's, or the trained-state file)."""
     folder = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
-    adapter = folder / "dynalora_adapter.safetensors"
-    return load_tensors(adapter if adapter.is_file() else folder / "trained_state.safetensors")
+    for name in ("dynalora_adapter.safetensors", "adapter_model.safetensors"):
+        if (folder / name).is_file():
+            return load_tensors(folder / name)
+    return load_tensors(folder / "trained_state.safetensors")
 
 
 def assert_same_tensors(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> None:

@@ -25,6 +25,7 @@ peft-adalora: `peft.AdaLoraConfig` with `target_r = rank`, so that after its fin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ ORTH_REG_WEIGHT = 0.1  # PEFT's default 0.5 dominates a small classifier's loss 
 
 
 def peft_targets(classifier: SequenceClassifier, config: Any) -> list[str]:
-    """The full module names our LoRA adapts for this run (same rules, same defaults)."""
-    return resolve_targets(classifier, lora_config_for(config).replace(modules_to_save=None))
+    """The full module names our LoRA adapts for this run (same rules, same defaults). The run's
+    method_options are PEFT's (tinit, init_r, ...), not our LoRA's, so they are left out here."""
+    targets_only = dataclasses.replace(config, method_options={})
+    return resolve_targets(classifier, lora_config_for(targets_only).replace(modules_to_save=None))
 
 
 def _peft_config(cls: type, options: dict[str, Any], **fields: Any) -> Any:
@@ -126,6 +129,21 @@ class AdaLoraHook:
         ranks = adalora_ranks(self.peft_model)
         if not self.history or self.history[-1]["ranks"] != ranks:
             self.history.append({"step": step, "ranks": ranks})
+
+    def state_dict(self) -> dict[str, Any]:
+        """PEFT keeps AdaLoRA's sensitivity averages and its final rank pattern outside the model;
+        without them a resumed run would budget from fresh scores, or (past the final
+        allocation) crash on a rank pattern of None."""
+        allocator = self.peft_model.base_model.rankallocator
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": self.config.rank_pattern, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        allocator = self.peft_model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
+            dict(state["ipt"]), dict(state["exp_avg_ipt"]), dict(state["exp_avg_unc"]))
+        self.config.rank_pattern = state["rank_pattern"]
+        self.history = list(state["history"])
 
     def write_report(self, folder: Path) -> None:
         write_json(Path(folder) / "adalora_ranks.json", {"schedule": {
