@@ -10,6 +10,11 @@ answers (the same code picks them), so OUTPUT.jsonl can be passed to a run as
 OUTPUT.jsonl (per prompt: answer, stop reason, new tokens, reference and predicted answer) and
 OUTPUT.json (exact match, share that ends / loops / writes `#### n`, tokens/s, wall time, the
 command). `--adapter DIR` answers with a saved adapter instead of the base model.
+
+Choosing a decoding setting without looking at the test problems:
+`--selection-from-train K --max-train-samples N` answers K problems of --data that an
+`sft --max-train-samples N --seed S` run did not train on (instead of the --eval-data ones),
+and several `--repetition-penalty` values (one model load) write OUTPUT-rp<value>.json(l) each.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dynalora.files import write_json
 from dynalora.llm.evaluate import predicted_answer, reference_answer
-from dynalora.llm.generate import generate_many
+from dynalora.llm.generate import DEFAULT_REPETITION_PENALTY, generate_many
 from dynalora.llm.models import load_causal_lm, load_with_adapters
 from dynalora.llm.quality import find_loop, summarize
-from dynalora.llm.sft import SftConfig, split_records
+from dynalora.llm.selection import pick_selection_records
+from dynalora.llm.sft import SftConfig, read_records, split_records
 
 
 def main() -> None:
@@ -44,16 +51,42 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", required=True, help="path prefix of the .jsonl and .json results")
+    parser.add_argument("--repetition-penalty", type=float, nargs="+", default=[DEFAULT_REPETITION_PENALTY],
+                        help="one or more values; with several, OUTPUT-rp<value> per value")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
+    parser.add_argument("--selection-from-train", type=int, default=None, metavar="K",
+                        help="answer K problems of --data that the run with --max-train-samples did not train on")
+    parser.add_argument("--max-train-samples", type=int, default=None)
     args = parser.parse_args()
 
-    config = SftConfig(data=args.data, eval_data=args.eval_data, max_eval_samples=args.max_eval_samples,
-                       seed=args.seed, max_new_tokens=args.max_new_tokens)
-    records = split_records(config)[1][: args.n]
+    records = held_out_records(args)
     if args.adapter:
         model, tokenizer = load_with_adapters([args.adapter], model=args.model)
     else:
         model, tokenizer = load_causal_lm(args.model)
-    settings = config.generation_settings()
+    for penalty in args.repetition_penalty:
+        out = Path(args.output)
+        if len(args.repetition_penalty) > 1:
+            out = out.with_name(f"{out.name}-rp{penalty:g}")
+        answer(model, tokenizer, records, SftConfig(
+            data=args.data, max_new_tokens=args.max_new_tokens, repetition_penalty=penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size).generation_settings(), args, out)
+
+
+def held_out_records(args: argparse.Namespace) -> list:
+    """The test prompts an `sft` run with the same --eval-data/--max-eval-samples/--seed answers,
+    or (--selection-from-train) training problems that run never saw."""
+    if args.selection_from_train is None:
+        config = SftConfig(data=args.data, eval_data=args.eval_data, max_eval_samples=args.max_eval_samples,
+                           seed=args.seed)
+        return split_records(config)[1][: args.n]
+    config = SftConfig(data=args.data, eval_data=args.eval_data, max_eval_samples=args.max_eval_samples,
+                       seed=args.seed, max_train_samples=args.max_train_samples)
+    trained = split_records(config)[0]
+    return pick_selection_records(read_records(config, args.data), args.selection_from_train, trained)
+
+
+def answer(model: Any, tokenizer: Any, records: list, settings: Any, args: argparse.Namespace, out: Path) -> None:
     start = time.perf_counter()
     generations = generate_many(model, tokenizer, [r.context() for r in records], settings, args.batch_size,
                                 on_batch=lambda done: print(f"{done}/{len(records)} "
@@ -67,11 +100,10 @@ def main() -> None:
                      "before_stop": generation.stop_reason, "before_tokens": generation.new_tokens,
                      "before_loops": find_loop(generation.text) is not None,
                      "reference_answer": reference, "before_answer": prediction, "before_correct": correct[-1]})
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    Path(f"{out}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     tokens = sum(g.new_tokens for g in generations)
-    write_json(out.with_suffix(".json"), {
+    write_json(Path(f"{out}.json"), {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "summary": summarize(generations, correct), "settings": settings.to_dict(),
         "batch_size": args.batch_size, "wall_s": round(wall, 1), "new_tokens": tokens,

@@ -9,9 +9,16 @@ from conftest import tiny_chat_tokenizer, tiny_llama
 
 from dynalora.adapters.config import ConfigError
 from dynalora.cli.main import main
-from dynalora.llm.generate import Generation, GenerationSettings, generate, generate_many
+from dynalora.llm.generate import (
+    DEFAULT_REPETITION_PENALTY,
+    Generation,
+    GenerationSettings,
+    generate,
+    generate_many,
+)
 from dynalora.llm.quality import ends_properly, find_loop, has_answer_marker, mcnemar, summarize
 from dynalora.llm.report import generation_rows, judge
+from dynalora.llm.sft import SftConfig
 
 GOOD = ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
         "#### 72")
@@ -65,13 +72,15 @@ def test_mcnemar_counts_discordant_pairs():
 def test_batched_generation_reports_why_each_answer_ended():
     tokenizer, model = tiny_chat_tokenizer(), tiny_llama()
     prompts = ["1+2?", "a longer prompt, 7*6?", "x"]
-    free = generate_many(model, tokenizer, prompts, GenerationSettings(max_new_tokens=12), batch_size=2)
+    plain = GenerationSettings(max_new_tokens=12, repetition_penalty=1.0)  # (the penalty delays the random model's end)
+    free = generate_many(model, tokenizer, prompts, plain, batch_size=2)
     assert [g.stop_reason for g in free] == ["length", "length", "eos"]  # the random model ends "x" early
     assert [g.new_tokens for g in free][:2] == [12, 12] and free[2].new_tokens < 12
     # the same answers one at a time: batching (left padding, sorting by length) changes nothing
-    assert [g.text for g in free] == [generate(model, tokenizer, p, 12, stream=False) for p in prompts]
+    assert [g.text for g in free] == [generate(model, tokenizer, p, stream=False, settings=plain) for p in prompts]
     stop = free[0].text[3:5]  # a piece of the first answer ends it there
-    cut = generate_many(model, tokenizer, prompts[:1], GenerationSettings(max_new_tokens=12, stop=[stop]))[0]
+    cut = generate_many(model, tokenizer, prompts[:1],
+                        GenerationSettings(max_new_tokens=12, repetition_penalty=1.0, stop=[stop]))[0]
     assert cut.stop_reason == "stop" and cut.text == free[0].text[: free[0].text.index(stop) + len(stop)]
 
 
@@ -82,9 +91,10 @@ def repeated_pairs(tokenizer, text: str) -> int:
 
 def test_repetition_options_change_greedy_answers():
     tokenizer, model = tiny_chat_tokenizer(), tiny_llama()
-    plain = generate_many(model, tokenizer, ["abc"], GenerationSettings(max_new_tokens=30))[0].text
+    plain = generate_many(model, tokenizer, ["abc"], GenerationSettings(max_new_tokens=30, repetition_penalty=1.0))
+    plain = plain[0].text
     assert find_loop(" ".join(plain), min_words=9)  # the random model loops ("R@4R@4R@4...")
-    for options in ({"repetition_penalty": 5.0}, {"no_repeat_ngram_size": 2}):
+    for options in ({"repetition_penalty": 5.0}, {"no_repeat_ngram_size": 2}, {}):  # {}: the default penalty
         changed = generate_many(model, tokenizer, ["abc"], GenerationSettings(max_new_tokens=30, **options))[0].text
         assert changed != plain, options
         assert repeated_pairs(tokenizer, changed) < repeated_pairs(tokenizer, plain), options
@@ -104,3 +114,13 @@ def test_generate_cli_rejects_bad_values_in_one_line(tmp_path, capsys):
         assert main(["generate", "--no-adapter", "--prompt", "x", *flags]) == 2
         err = capsys.readouterr().err
         assert field in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_measured_default_penalty_is_the_same_in_generate_and_in_the_sft_report(capsys):
+    """1.1: chosen on held-out GSM8K training problems (docs/results/sft-gsm8k-v2/COMMAND.md);
+    the report must judge the answers users get from `dynalora generate`."""
+    assert GenerationSettings().repetition_penalty == SftConfig(data="x.jsonl").repetition_penalty
+    assert DEFAULT_REPETITION_PENALTY == 1.1
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert f"default: {DEFAULT_REPETITION_PENALTY}," in " ".join(capsys.readouterr().out.split())
