@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The speed benchmarks that must run on a quiet machine (issue 15), one after another:
+#   benchmarks/quiet_suite.sh [--force]
+# Pause every background job first (the evidence protocol's workers: `kill -STOP PID`, later
+# `kill -CONT PID`). Refuses to start while the 1-minute load average is above 0.5, unless
+# --force; each benchmark records the load average beside its timings, so a noisy result shows.
+# Results: benchmarks/results/{processes,merged_inference,frozen_prefix,time_to_target}.json,
+# each with its own command; the suite's log: benchmarks/results/quiet_suite.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA_DIR:-../shared/data/glue}
+load=$(cut -d' ' -f1 /proc/loadavg)
+if [[ "${1:-}" != "--force" ]] && awk -v l="$load" 'BEGIN {exit !(l > 0.5)}'; then
+    echo "quiet_suite: the 1-minute load average is $load (above 0.5): pause background jobs, or pass --force" >&2
+    exit 2
+fi
+export PYTHONPATH=$PWD/src
+log=benchmarks/results/quiet_suite.log
+{
+    date -u
+    "$PY" benchmarks/bench_merged_inference.py --rounds 60
+    "$PY" benchmarks/bench_frozen_prefix.py --rounds 20
+    "$PY" benchmarks/bench_processes.py --repeats 3 --samples 1024 --data-dir "$DATA"
+    "$PY" benchmarks/bench_time_to_target.py --tasks sst2 mrpc --seeds 0 1 2 --dynalora-procs 2 --data-dir "$DATA"
+    date -u
+} 2>&1 | tee "$log"
