@@ -94,7 +94,7 @@ def test_repetition_options_change_greedy_answers():
     plain = generate_many(model, tokenizer, ["abc"], GenerationSettings(max_new_tokens=30, repetition_penalty=1.0))
     plain = plain[0].text
     assert find_loop(" ".join(plain), min_words=9)  # the random model loops ("R@4R@4R@4...")
-    for options in ({"repetition_penalty": 5.0}, {"no_repeat_ngram_size": 2}, {}):  # {}: the default penalty
+    for options in ({"repetition_penalty": 5.0}, {"no_repeat_ngram_size": 2}):
         changed = generate_many(model, tokenizer, ["abc"], GenerationSettings(max_new_tokens=30, **options))[0].text
         assert changed != plain, options
         assert repeated_pairs(tokenizer, changed) < repeated_pairs(tokenizer, plain), options
@@ -116,11 +116,12 @@ def test_generate_cli_rejects_bad_values_in_one_line(tmp_path, capsys):
         assert field in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_the_measured_default_penalty_is_the_same_in_generate_and_in_the_sft_report(capsys):
-    """1.1: chosen on held-out GSM8K training problems (docs/results/sft-gsm8k-v2/COMMAND.md);
-    the report must judge the answers users get from `dynalora generate`."""
+
+def test_the_default_penalty_is_the_same_in_generate_and_in_the_sft_report(capsys):
+    """The report must judge the answers users get from `dynalora generate` (no penalty by
+    default: 1.1 ends loops but breaks arithmetic, docs/results/sft-gsm8k-v2/COMMAND.md)."""
     assert GenerationSettings().repetition_penalty == SftConfig(data="x.jsonl").repetition_penalty
-    assert DEFAULT_REPETITION_PENALTY == 1.1
+    assert DEFAULT_REPETITION_PENALTY is None
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
-    assert f"default: {DEFAULT_REPETITION_PENALTY}," in " ".join(capsys.readouterr().out.split())
+    assert "default: none" in " ".join(capsys.readouterr().out.split())

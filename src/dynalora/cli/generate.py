@@ -30,8 +30,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
     # the default lives in dynalora.llm.generate (importing it here would load torch for --help)
     parser.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
-                        help="divide the scores of tokens already in the text by X (> 1 discourages loops; "
-                             "default: 1.1, measured on GSM8K, see docs/sft.md; 1: none)")
+                        help="divide the scores of tokens already in the text, the prompt's included, by X "
+                             "(> 1 discourages loops; default: none, see docs/sft.md)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
                         help="never repeat an n-gram of N tokens")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",

@@ -4,7 +4,7 @@
     outs = generate_batch(model, tokenizer, prompts, GenerationSettings(max_new_tokens=256))
     outs[0].text, outs[0].stop_reason                                # "eos", "stop" or "length"
 
-Greedy decoding by default (reproducible), with a mild repetition penalty (1.1, measured: see
+Greedy decoding by default (reproducible), no repetition penalty (measured: see
 DEFAULT_REPETITION_PENALTY); `temperature` (and optionally `top_p`) samples.
 `repetition_penalty` and `no_repeat_ngram_size` are transformers' own logits processors; stop
 strings end a row as soon as its text contains one (the text is cut after it). Works on a plain
@@ -31,11 +31,11 @@ from dynalora.data.sft import has_chat_template, prompt_ids
 
 END_OF_TURN_MARKS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
-# Chosen by measurement (docs/results/sft-gsm8k-v2/COMMAND.md, 64 GSM8K training problems the
-# adapters never saw): greedy answers of SmolLM2 after LoRA / dynamic LoRA looped 11-12% of the
-# time at 1.0 and never at 1.1; at 1.2 answers stop ending, because transformers' penalty also
-# counts the prompt's tokens, end-of-turn included. 1.0 turns it off.
-DEFAULT_REPETITION_PENALTY = 1.1
+# No repetition penalty by default (transformers' default). Measured on SmolLM2 after SFT
+# (docs/results/sft-gsm8k-v2/COMMAND.md): 1.1 ends greedy loops (11-13% of answers -> 0) but
+# also penalises the question's own numbers, since transformers counts the prompt's tokens,
+# and turns "3 + 4 = 7 apples" into wrong arithmetic; 1.2 also suppresses the end-of-turn token.
+DEFAULT_REPETITION_PENALTY: float | None = None
 
 
 @dataclass
