@@ -103,6 +103,45 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
     assert "2 runs left" in capsys.readouterr().out  # bitfit's two, still waiting
 
 
+class Running(Finished):
+    """A worker that ran in this process but reports itself finished only after a few polls."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def poll(self) -> int | None:
+        self.polls -= 1
+        return 0 if self.polls < 0 else None
+
+
+def test_a_free_worker_starts_a_later_tier_instead_of_waiting_for_a_grid_to_end(tiny, tmp_path, monkeypatch):
+    """Two workers, lora's 3-run grid: when the first two finish, the third is still in flight and
+    lora's seed runs wait for it; the free worker starts a later tier's grid run meanwhile."""
+    launched = []
+
+    def launch(self, folder):
+        job = json.loads((folder / "job.json").read_text())["record"]
+        launched.append((job["tier"], job["arm"], job["lr"], job["seed"]))
+        protocol_worker.main(str(folder))
+        return Running(polls=2)
+
+    monkeypatch.setattr(protocol_runner.Pool, "launch", launch)
+    monkeypatch.setattr(protocol_runner, "POLL_S", 0.0)
+    staged = Protocol("staged", TINY.arms, (
+        Tier("0", ("lora",), grid_tasks=("sst2",)), Tier("1", ("lora",), tasks=("sst2",), seeds=(0, 1)),
+        Tier("2", ("bitfit",), grid_tasks=("sst2",))), SHARED)
+    model, data = tiny
+    records = tmp_path / "runs.jsonl"
+    protocol_runner.run_protocol(staged, ["0", "1", "2"], records, tmp_path / "w", workers=2,
+                                 data_dir=data, model=model)
+    lora_lrs = [lr for tier, _, lr, _ in launched if tier == "0"]
+    chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]["lr"]
+    assert launched[:3] == [("0", "lora", lr, 0) for lr in lora_lrs] and len(lora_lrs) == 3
+    assert launched[3][:2] == ("2", "bitfit")  # beside lora's last grid run, not after tier 1
+    assert launched.index(("1", "lora", chosen, 1)) > 3
+    assert len(launched) == 7 and len(read_records(records)) == 7  # every run once, seed 0 reused
+
+
 def test_an_unrecorded_run_reruns_over_the_leftovers_of_an_earlier_attempt(tiny, tmp_path, in_process):
     """A run folder whose record never reached runs.jsonl (killed worker, lost records file)
     is the job's scratch space: the rerun replaces what is there instead of refusing it."""

@@ -4,9 +4,13 @@ Each run trains in its own child process (`dynalora.bench.protocol_worker`, one 
 default), in `WORKDIR/<tier>/<task>/<arm>/lr<lr>/seed<k>` (scratch: the record is what
 counts). When a child finishes, this process appends its record to the records file: a run
 is done exactly when its line is there, so Ctrl-C or `kill` at any moment loses at most the
-runs in flight, and the next call skips everything recorded. Tiers run in the order given;
-inside a tier the grid runs first, then the lr choice is written to `lr_choice.json` (next
-to the records) and the seed runs read it.
+runs in flight, and the next call skips everything recorded.
+
+Order: whenever a worker is free it takes the first runnable run in tier order (the tiers as
+given; inside a tier the grid runs, then the seed runs). A seed run is runnable once its arm's
+lr grid is complete: the choice is then written to `lr_choice.json` (next to the records) and
+the seed runs read it. So a worker that would wait for the last run of a grid, or of a tier,
+starts the next runnable run of a later tier instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +122,21 @@ class Pool:
             return subprocess.Popen([sys.executable, "-m", "dynalora.bench.protocol_worker", str(folder)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def reap(self) -> None:
-        for child in [c for c in self.running if c.poll() is not None]:
+    def startable(self, jobs: list[Job]) -> list[Job]:
+        """`jobs` less those running, failed here, or the same run as an earlier one in the list."""
+        seen = {run_key(job.key_record()) for job, _, _ in self.running.values()}
+        keep = []
+        for job in jobs:
+            key = run_key(job.key_record())
+            if key not in seen and job.label() not in self.failures:
+                seen.add(key)
+                keep.append(job)
+        return keep
+
+    def reap(self) -> int:
+        """Collect finished children; returns how many finished (recorded or failed)."""
+        finished = [c for c in self.running if c.poll() is not None]
+        for child in finished:
             job, folder, began = self.running.pop(child)
             if child.returncode == 0 and (folder / "record.json").is_file():
                 record = read_json(folder / "record.json", "run record")
@@ -132,15 +150,24 @@ class Pool:
                 print(f"FAILED {job.label()} (exit {child.returncode}); {folder / 'worker.log'}: "
                       + " | ".join(tail), flush=True)
                 self.failures.append(job.label())
+        return len(finished)
 
-    def run(self, jobs: list[Job], workdir: Path, data_dir: str | None, model: str | None) -> None:
-        queue = list(jobs)
-        while queue or self.running:
-            while queue and len(self.running) < self.workers:
-                job = queue.pop(0)
-                self.start(job, job_folder(workdir, job), job_document(job, data_dir, model))
-            time.sleep(POLL_S if self.running else 0)
-            self.reap()
+    def run(self, runnable: Callable[[], list[Job]], workdir: Path, data_dir: str | None, model: str | None) -> None:
+        """Keep the workers busy with `runnable()`'s first runs (asked again after each finished
+        run) until nothing is runnable or running. A run that failed is not retried here."""
+        queue: list[Job] | None = None
+        while True:
+            if len(self.running) < self.workers:
+                if queue is None:
+                    queue = self.startable(runnable())
+                while queue and len(self.running) < self.workers:
+                    job = queue.pop(0)
+                    self.start(job, job_folder(workdir, job), job_document(job, data_dir, model))
+            if not self.running:
+                return
+            time.sleep(POLL_S)
+            if self.reap():
+                queue = None  # a new record may decide an lr: ask again
 
     def stop(self) -> None:
         for child in self.running:
@@ -167,18 +194,24 @@ def run_protocol(protocol: Protocol, tiers: list[str], records: str | Path, work
     print(summary, flush=True)
     pool = Pool(records, workers, threads)
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    try:
+    told: set[str] = set()
+
+    def runnable() -> list[Job]:
+        chosen = refresh_lr_choice(protocol, records)
+        jobs = []
         for name in tiers:
             tier = protocol.tier(name)
-            grid = [j for j in grid_jobs(protocol, tier) if keep(j, arms)]
-            pool.run(pending(grid, read_records(records)), workdir, data_dir, model)
-            chosen = refresh_lr_choice(protocol, records)
             seeds = [j for j in seed_jobs(protocol, tier, chosen) if keep(j, arms)]
-            waiting = sorted({j.arm.tuned_by for j in seeds if j.lr is None})
+            waiting = sorted({j.arm.tuned_by for j in seeds if j.lr is None} - told)
             if waiting:
+                told.update(waiting)
                 print(f"tier {name}: no lr chosen yet for {', '.join(waiting)} (its grid is unfinished); "
                       "their seed runs wait", flush=True)
-            pool.run([j for j in pending(seeds, read_records(records)) if j.lr is not None], workdir, data_dir, model)
+            jobs += [j for j in grid_jobs(protocol, tier) if keep(j, arms)] + [j for j in seeds if j.lr is not None]
+        return pending(jobs, read_records(records))
+
+    try:
+        pool.run(runnable, workdir, data_dir, model)
     except KeyboardInterrupt:
         print(f"interrupted: stopping {len(pool.running)} run(s) in flight; every finished run is recorded "
               f"in {records}", flush=True)
