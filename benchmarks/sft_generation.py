@@ -32,7 +32,7 @@ import torch
 
 from dynalora.files import write_json
 from dynalora.llm.evaluate import predicted_answer, reference_answer
-from dynalora.llm.generate import DEFAULT_REPETITION_PENALTY, generate_many
+from dynalora.llm.generate import generate_many
 from dynalora.llm.models import load_causal_lm, load_with_adapters
 from dynalora.llm.quality import find_loop, summarize
 from dynalora.llm.selection import pick_selection_records
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", required=True, help="path prefix of the .jsonl and .json results")
-    parser.add_argument("--repetition-penalty", type=float, nargs="+", default=[DEFAULT_REPETITION_PENALTY],
+    parser.add_argument("--repetition-penalty", type=float, nargs="+", default=[None],
                         help="one or more values; with several, OUTPUT-rp<value> per value")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
     parser.add_argument("--selection-from-train", type=int, default=None, metavar="K",
@@ -67,7 +67,7 @@ def main() -> None:
     for penalty in args.repetition_penalty:
         out = Path(args.output)
         if len(args.repetition_penalty) > 1:
-            out = out.with_name(f"{out.name}-rp{penalty:g}")
+            out = out.with_name(f"{out.name}-rp{penalty or 1:g}")
         answer(model, tokenizer, records, SftConfig(
             data=args.data, max_new_tokens=args.max_new_tokens, repetition_penalty=penalty,
             no_repeat_ngram_size=args.no_repeat_ngram_size).generation_settings(), args, out)

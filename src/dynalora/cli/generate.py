@@ -28,7 +28,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="sample at this temperature (default: greedy decoding)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
-    # the default lives in dynalora.llm.generate (importing it here would load torch for --help)
     parser.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
                         help="divide the scores of tokens already in the text, the prompt's included, by X "
                              "(> 1 discourages loops; default: none, see docs/sft.md)")
@@ -59,12 +58,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dynalora.adapters.config import ConfigError
-    from dynalora.llm.generate import DEFAULT_REPETITION_PENALTY, GenerationSettings, generate
+    from dynalora.llm.generate import GenerationSettings, generate
     from dynalora.llm.models import load_causal_lm, load_with_adapters
 
     # bad generation values are one-line errors before any model loads
-    penalty = DEFAULT_REPETITION_PENALTY if args.repetition_penalty is None else args.repetition_penalty
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, penalty,
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty,
                                   args.no_repeat_ngram_size, args.stop)
     if args.no_adapter == bool(args.adapter):
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")

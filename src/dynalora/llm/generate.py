@@ -5,7 +5,7 @@
     outs[0].text, outs[0].stop_reason                                # "eos", "stop" or "length"
 
 Greedy decoding by default (reproducible), no repetition penalty (measured: see
-DEFAULT_REPETITION_PENALTY); `temperature` (and optionally `top_p`) samples.
+GenerationSettings); `temperature` (and optionally `top_p`) samples.
 `repetition_penalty` and `no_repeat_ngram_size` are transformers' own logits processors; stop
 strings end a row as soon as its text contains one (the text is cut after it). Works on a plain
 transformers model and on a `DynaLoraModel` (with whichever adapters are active, mixed, or off).
@@ -31,12 +31,6 @@ from dynalora.data.sft import has_chat_template, prompt_ids
 
 END_OF_TURN_MARKS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
-# No repetition penalty by default (transformers' default). Measured on SmolLM2 after SFT
-# (docs/results/sft-gsm8k-v2/COMMAND.md): 1.1 ends greedy loops (11-13% of answers -> 0) but
-# also penalises the question's own numbers, since transformers counts the prompt's tokens,
-# and turns "3 + 4 = 7 apples" into wrong arithmetic; 1.2 also suppresses the end-of-turn token.
-DEFAULT_REPETITION_PENALTY: float | None = None
-
 
 @dataclass
 class GenerationSettings:
@@ -45,7 +39,10 @@ class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float | None = None  # None or 0: greedy
     top_p: float | None = None
-    repetition_penalty: float | None = DEFAULT_REPETITION_PENALTY  # > 1 discourages tokens already in the text
+    # > 1 discourages tokens already in the text. None by default: on SmolLM2 after SFT, 1.1 ended
+    # greedy loops but also penalised the question's own numbers (transformers counts the prompt's
+    # tokens) and broke the arithmetic (docs/results/sft-gsm8k-v2/COMMAND.md)
+    repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None  # never repeat an n-gram of this many tokens
     stop: list[str] = field(default_factory=list)  # end an answer at the first of these strings
 

@@ -37,7 +37,7 @@ from dynalora.data.sft import PRESETS, SftRecord, encode_sft, load_sft_records, 
 from dynalora.distributed import current
 from dynalora.files import write_json
 from dynalora.llm.evaluate import is_gsm8k_style
-from dynalora.llm.generate import DEFAULT_REPETITION_PENALTY, Generation, GenerationSettings
+from dynalora.llm.generate import Generation, GenerationSettings
 from dynalora.llm.models import PACKAGED, load_causal_lm, sft_targets
 from dynalora.llm.objective import LanguageModelObjective
 from dynalora.llm.report import (
@@ -131,8 +131,7 @@ class SftConfig(RunConfig):
     generation_samples: int = setting(200, "held-out prompts answered before and after training and judged: the "
                                            "share of answers that end (end-of-turn or '#### n') and that loop, "
                                            "exact match for GSM8K-style data (at most the held-out set)", min=0)
-    repetition_penalty: float | None = setting(DEFAULT_REPETITION_PENALTY, "repetition penalty of those answers "
-                                                                           "(1: none)")
+    repetition_penalty: float | None = setting(None, "repetition penalty of those answers (1: none)")
     no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this many tokens in those answers")
     stop: list[str] = setting([], "stop strings that end those answers")
     baseline_samples: str | None = setting(None, "samples.jsonl of an earlier run on the same held-out prompts and "
