@@ -15,6 +15,7 @@ Choosing a decoding setting without looking at the test problems:
 `--selection-from-train K --max-train-samples N` answers K problems of --data that an
 `sft --max-train-samples N --seed S` run did not train on (instead of the --eval-data ones),
 and several `--repetition-penalty` values (one model load) write OUTPUT-rp<value>.json(l) each.
+The penalty counts the answer's tokens only, as `dynalora generate` does, unless --penalize-prompt.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="path prefix of the .jsonl and .json results")
     parser.add_argument("--repetition-penalty", type=float, nargs="+", default=[None],
                         help="one or more values; with several, OUTPUT-rp<value> per value")
+    parser.add_argument("--penalize-prompt", action="store_true",
+                        help="the penalty counts the prompt's tokens too (transformers' own behaviour)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
     parser.add_argument("--selection-from-train", type=int, default=None, metavar="K",
                         help="answer K problems of --data that the run with --max-train-samples did not train on")
@@ -70,7 +73,7 @@ def main() -> None:
             out = out.with_name(f"{out.name}-rp{penalty or 1:g}")
         answer(model, tokenizer, records, SftConfig(
             data=args.data, max_new_tokens=args.max_new_tokens, repetition_penalty=penalty,
-            no_repeat_ngram_size=args.no_repeat_ngram_size).generation_settings(), args, out)
+            penalize_prompt=args.penalize_prompt, no_repeat_ngram_size=args.no_repeat_ngram_size).generation_settings(), args, out)
 
 
 def held_out_records(args: argparse.Namespace) -> list:

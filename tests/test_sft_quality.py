@@ -125,3 +125,44 @@ def test_the_default_penalty_is_the_same_in_generate_and_in_the_sft_report(capsy
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "default: none" in " ".join(capsys.readouterr().out.split())
+
+
+def greedy_with_penalty(model, ids: list[int], penalty: float, steps: int, count_prompt: bool) -> list[int]:
+    """A plain greedy loop (no KV cache): each step divides positive scores / multiplies negative
+    scores of the tokens already written by `penalty`, counting the prompt's tokens or not."""
+    import torch
+
+    out: list[int] = []
+    for _ in range(steps):
+        with torch.no_grad():
+            scores = model(torch.tensor([ids + out])).logits[0, -1].clone()
+        seen = torch.tensor(sorted(set((ids if count_prompt else []) + out)), dtype=torch.long)
+        if len(seen):
+            picked = scores[seen]
+            scores[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        out.append(int(scores.argmax()))
+    return out
+
+
+def test_the_repetition_penalty_counts_the_answer_only_unless_asked_to_count_the_prompt():
+    """Answer-only by default, so a question's own numbers stay cheap to write (counting them broke
+    SmolLM2's arithmetic); --penalize-prompt restores transformers' behaviour. Both are checked
+    against a hand-written greedy loop, on a prompt where the two differ."""
+    from dynalora.data.sft import prompt_ids
+    from dynalora.llm.generate import end_of_turn_ids
+
+    tokenizer, model = tiny_chat_tokenizer(), tiny_llama()
+    model.eval()
+    prompt, steps = "hello world", 10  # a prompt whose letters the random model would write: the modes differ
+    ids, ends = prompt_ids(tokenizer, prompt), set(end_of_turn_ids(tokenizer))
+    answers = {}
+    for count_prompt in (False, True):
+        settings = GenerationSettings(max_new_tokens=steps, repetition_penalty=3.0, penalize_prompt=count_prompt)
+        # two prompts in one batch: the shorter one is left-padded, its prompt still skipped exactly
+        got = generate_many(model, tokenizer, [prompt, "x"], settings, batch_size=2)[0]
+        expected = greedy_with_penalty(model, ids, 3.0, steps, count_prompt)
+        cut = next((i for i, t in enumerate(expected) if t in ends), len(expected))
+        assert got.text == tokenizer.decode(expected[:cut], skip_special_tokens=True), count_prompt
+        answers[count_prompt] = got.text
+    assert answers[False] != answers[True]
+    assert GenerationSettings().penalize_prompt is False and SftConfig(data="x.jsonl").penalize_prompt is False

@@ -29,8 +29,10 @@ def add_parser(subparsers: Any) -> None:
                         help="sample at this temperature (default: greedy decoding)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
     parser.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
-                        help="divide the scores of tokens already in the text, the prompt's included, by X "
-                             "(> 1 discourages loops; default: none, see docs/sft.md)")
+                        help="divide the scores of tokens already in the answer by X (> 1 discourages "
+                             "loops; default: none, see docs/sft.md)")
+    parser.add_argument("--penalize-prompt", action="store_true",
+                        help="let --repetition-penalty count the prompt's tokens too, as transformers does")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
                         help="never repeat an n-gram of N tokens")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     # bad generation values are one-line errors before any model loads
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty,
-                                  args.no_repeat_ngram_size, args.stop)
+                                  args.penalize_prompt, args.no_repeat_ngram_size, args.stop)
     if args.no_adapter == bool(args.adapter):
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
     if args.weights is not None and len(args.weights) != len(args.adapter):

@@ -6,7 +6,8 @@
 
 Greedy decoding by default (reproducible), no repetition penalty (measured: see
 GenerationSettings); `temperature` (and optionally `top_p`) samples.
-`repetition_penalty` and `no_repeat_ngram_size` are transformers' own logits processors; stop
+`repetition_penalty` and `no_repeat_ngram_size` are transformers' own logits processors (the
+penalty counts only the answer's tokens unless `penalize_prompt`); stop
 strings end a row as soon as its text contains one (the text is cut after it). Works on a plain
 transformers model and on a `DynaLoraModel` (with whichever adapters are active, mixed, or off).
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TextStreamer
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TextStreamer
 
 from dynalora.adapters.config import check
 from dynalora.data.sft import has_chat_template, prompt_ids
@@ -43,6 +44,10 @@ class GenerationSettings:
     # greedy loops but also penalised the question's own numbers (transformers counts the prompt's
     # tokens) and broke the arithmetic (docs/results/sft-gsm8k-v2/COMMAND.md)
     repetition_penalty: float | None = None
+    # Whether the penalty also counts the prompt's tokens (transformers' `generate` does). Off by
+    # default: counted, the question's own numbers and the chat template's end-of-turn marks become
+    # expensive to write, which measurably broke arithmetic and endings (COMMAND.md, "Decoding").
+    penalize_prompt: bool = False
     no_repeat_ngram_size: int | None = None  # never repeat an n-gram of this many tokens
     stop: list[str] = field(default_factory=list)  # end an answer at the first of these strings
 
@@ -54,6 +59,8 @@ class GenerationSettings:
         check(self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         check(self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty",
               "must be > 0 (1 means no penalty)", self.repetition_penalty)
+        check(isinstance(self.penalize_prompt, bool), "penalize_prompt", "must be true or false",
+              self.penalize_prompt)
         check(self.no_repeat_ngram_size is None or (isinstance(self.no_repeat_ngram_size, int)
                                                     and self.no_repeat_ngram_size > 0),
               "no_repeat_ngram_size", "must be a positive integer", self.no_repeat_ngram_size)
@@ -105,8 +112,9 @@ def end_of_turn_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def generation_kwargs(tokenizer: Any, settings: GenerationSettings) -> dict[str, Any]:
-    """Arguments for `model.generate`: greedy unless a temperature > 0 is given."""
+def generation_kwargs(tokenizer: Any, settings: GenerationSettings, prompt_length: int) -> dict[str, Any]:
+    """Arguments for `model.generate` on prompts left-padded to `prompt_length` tokens: greedy
+    unless a temperature > 0 is given."""
     sample = settings.temperature is not None and settings.temperature > 0
     kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": sample,
                               "pad_token_id": tokenizer.pad_token_id}
@@ -114,8 +122,13 @@ def generation_kwargs(tokenizer: Any, settings: GenerationSettings) -> dict[str,
     # or a penalty) from changing what "greedy" or "no penalty" means here.
     kwargs.update(temperature=settings.temperature if sample else None,
                   top_p=settings.top_p if sample else None, top_k=None,
-                  repetition_penalty=settings.repetition_penalty,
+                  repetition_penalty=settings.repetition_penalty if settings.penalize_prompt else None,
                   no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    if settings.repetition_penalty not in (None, 1.0) and not settings.penalize_prompt:
+        # transformers' own processor, told to skip the prompt (every row's prompt ends at the
+        # same position: the rows are left-padded)
+        kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
+            float(settings.repetition_penalty), prompt_ignore_length=prompt_length)])
     stop = end_of_turn_ids(tokenizer)
     if stop:
         kwargs["eos_token_id"] = stop
@@ -178,7 +191,7 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int 
     settings = _settings(settings or GenerationSettings(max_new_tokens=128),
                          {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
     inputs = _prepare(model, tokenizer, [prompt])
-    kwargs = generation_kwargs(tokenizer, settings)
+    kwargs = generation_kwargs(tokenizer, settings, inputs["input_ids"].shape[1])
     if stream:
         kwargs["streamer"] = CallbackStreamer(tokenizer, on_text or print_piece)
     output = _run(model, inputs, kwargs)
@@ -204,15 +217,14 @@ def generate_many(model: nn.Module, tokenizer: Any, prompts: Sequence[str],
     `on_batch(done)` is called after each batch (progress).
     """
     settings = settings or GenerationSettings()
-    kwargs = generation_kwargs(tokenizer, settings)
     ends = set(end_of_turn_ids(tokenizer))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Generation] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         inputs = _prepare(model, tokenizer, [prompts[i] for i in chunk])
-        output = _run(model, inputs, kwargs)
         width = inputs["input_ids"].shape[1]
+        output = _run(model, inputs, generation_kwargs(tokenizer, settings, width))
         for row, index in enumerate(chunk):
             results[index] = finish(tokenizer, output[row, width:], settings, ends)
         if on_batch is not None:

@@ -42,7 +42,7 @@ METRICS = {**LOSS_METRICS, **GENERATION_METRICS}
 DEFAULT_GENERATION_PROMPTS = 32  # small: every evaluation generates this many answers
 SELECTION_SEED = 20240615  # a constant, never the run's seed: every seed's run is judged on the same prompts
 # Report settings that also decide the generation metric: fixed for a run that selects by one.
-GENERATION_FIELDS = ("max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "stop")
+GENERATION_FIELDS = ("max_new_tokens", "repetition_penalty", "penalize_prompt", "no_repeat_ngram_size", "stop")
 
 
 def metric_name(name: str) -> str:

@@ -88,7 +88,7 @@ HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 200  # evaluation records taken from --data
 BEST_ADAPTER = "best"  # the saved adapter, loaded back beside the trained one to answer the samples
 # Settings of what is written after training: changing them never stops a run from resuming.
 REPORT_FIELDS = ("samples", "exact_match_samples", "max_new_tokens", "generation_samples", "repetition_penalty",
-                 "no_repeat_ngram_size", "stop", "baseline_samples")
+                 "penalize_prompt", "no_repeat_ngram_size", "stop", "baseline_samples")
 
 
 @dataclass
@@ -132,6 +132,8 @@ class SftConfig(RunConfig):
                                            "share of answers that end (end-of-turn or '#### n') and that loop, "
                                            "exact match for GSM8K-style data (at most the held-out set)", min=0)
     repetition_penalty: float | None = setting(None, "repetition penalty of those answers (1: none)")
+    penalize_prompt: bool = setting(False, "let the repetition penalty count the prompt's tokens too, as "
+                                           "transformers' generate does (default: the answer's tokens only)")
     no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this many tokens in those answers")
     stop: list[str] = setting([], "stop strings that end those answers")
     baseline_samples: str | None = setting(None, "samples.jsonl of an earlier run on the same held-out prompts and "
@@ -170,7 +172,7 @@ class SftConfig(RunConfig):
     def generation_settings(self) -> GenerationSettings:
         """How the held-out answers of the report are decoded (greedy)."""
         return GenerationSettings(self.max_new_tokens, repetition_penalty=self.repetition_penalty,
-                                  no_repeat_ngram_size=self.no_repeat_ngram_size, stop=self.stop)
+                                  penalize_prompt=self.penalize_prompt, no_repeat_ngram_size=self.no_repeat_ngram_size, stop=self.stop)
 
 
 def read_records(config: SftConfig, path: str) -> list[SftRecord]:
