@@ -61,6 +61,9 @@ def main() -> None:
                         help="answer K problems of --data that the run with --max-train-samples did not train on")
     parser.add_argument("--max-train-samples", type=int, default=None)
     args = parser.parse_args()
+    if args.selection_from_train is not None and args.max_train_samples is None:
+        # without it every training problem counts as trained on, and none would be left to answer
+        parser.error("--selection-from-train needs --max-train-samples (the size of the run it is chosen for)")
 
     records = held_out_records(args)
     if args.adapter:
