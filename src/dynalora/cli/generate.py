@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
     parser.add_argument("--repetition-penalty", type=float, default=None, metavar="X",
                         help="divide the scores of tokens already in the answer by X (> 1 discourages "
-                             "loops; default: none, see docs/sft.md)")
+                             "loops, 1 for none; default: 1.05, see docs/sft.md)")
     parser.add_argument("--penalize-prompt", action="store_true",
                         help="let --repetition-penalty count the prompt's tokens too, as transformers does")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
@@ -64,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from dynalora.llm.models import load_causal_lm, load_with_adapters
 
     # bad generation values are one-line errors before any model loads
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty,
-                                  args.penalize_prompt, args.no_repeat_ngram_size, args.stop)
+    given = {"repetition_penalty": args.repetition_penalty}  # not given: GenerationSettings' default
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p,
+                                  penalize_prompt=args.penalize_prompt, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                  stop=args.stop, **{k: v for k, v in given.items() if v is not None})
     if args.no_adapter == bool(args.adapter):
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
     if args.weights is not None and len(args.weights) != len(args.adapter):

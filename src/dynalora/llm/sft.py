@@ -131,7 +131,9 @@ class SftConfig(RunConfig):
     generation_samples: int = setting(200, "held-out prompts answered before and after training and judged: the "
                                            "share of answers that end (end-of-turn or '#### n') and that loop, "
                                            "exact match for GSM8K-style data (at most the held-out set)", min=0)
-    repetition_penalty: float | None = setting(None, "repetition penalty of those answers (1: none)")
+    repetition_penalty: float | None = setting(GenerationSettings.repetition_penalty,
+                                               "repetition penalty of those answers, on the answer's own tokens "
+                                               "(1: none); the default is `dynalora generate`'s")
     penalize_prompt: bool = setting(False, "let the repetition penalty count the prompt's tokens too, as "
                                            "transformers' generate does (default: the answer's tokens only)")
     no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this many tokens in those answers")
