@@ -4,7 +4,7 @@
 # Pause every background job first (the evidence protocol's workers: `kill -STOP PID`, later
 # `kill -CONT PID`). Refuses to start while the 1-minute load average is above 0.5, unless
 # --force; each benchmark records the load average beside its timings, so a noisy result shows.
-# Results: benchmarks/results/{processes,merged_inference,frozen_prefix,time_to_target}.json,
+# Results: benchmarks/results/{processes,merged_inference,frozen_prefix,compile,time_to_target}.json,
 # each with its own command; the suite's log: benchmarks/results/quiet_suite.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ log=benchmarks/results/quiet_suite.log
     date -u
     "$PY" benchmarks/bench_merged_inference.py --rounds 60
     "$PY" benchmarks/bench_frozen_prefix.py --rounds 20
+    "$PY" benchmarks/bench_compile.py --rounds 20
     "$PY" benchmarks/bench_processes.py --repeats 3 --samples 1024 --data-dir "$DATA"
     "$PY" benchmarks/bench_time_to_target.py --tasks sst2 mrpc --seeds 0 1 2 --dynalora-procs 2 --data-dir "$DATA"
     date -u

@@ -1,0 +1,88 @@
+"""Does `torch.compile` pay for a LoRA fine-tune on this machine? Steady-state training step
+time compiled against eager, and how many steps the compilation takes to earn back.
+
+    .venv/bin/python benchmarks/bench_compile.py [--rounds 20] [--batch 32] [--lengths 32 48 64 96 128]
+
+Real MiniLM, LoRA r=8 on query/value of every layer, mean-pooling head, AdamW step (the step of
+`bench_speed.py`). Batches come in several sequence lengths, as length-bucketed training gives
+them, so the compiled model must handle changing shapes (dynamo recompiles once, then marks the
+length dynamic). First, each case runs every batch once and that time is kept apart (for the
+compiled case it is the compilation); then both cases run interleaved rounds on the same batches
+(paired ratios, median, bootstrap 95% interval, load average recorded).
+
+Writes `benchmarks/results/compile.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
+from bench_speed import training_step
+
+from dynalora.adapters import LoraConfig, get_lora_model
+from dynalora.files import write_json
+from dynalora.training.classifier import build_classifier, default_model_path
+
+
+def first_pass_seconds(step, batches: list[dict]) -> float:
+    """Seconds to run each batch once (compilation included for a compiled model)."""
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 48, 64, 96, 128])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "compile.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = build_classifier(default_model_path(), num_labels=2, backbone_dropout=0.0, head_dropout=0.0)
+    config = LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+    eager = get_lora_model(copy.deepcopy(base), config)
+    compiled_model = get_lora_model(copy.deepcopy(base), config)
+    compiled_model.load_state_dict(eager.state_dict())  # the same start: only the execution differs
+    cases = {"eager": training_step(eager), "compiled": training_step(torch.compile(compiled_model))}
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(1000, 30522, (args.batch, n), generator=gen),
+                "attention_mask": torch.ones(args.batch, n, dtype=torch.long),
+                "labels": torch.randint(0, 2, (args.batch,), generator=gen)} for n in args.lengths]
+    load_before = load_average()
+    first = {name: first_pass_seconds(step, batches) for name, step in cases.items()}
+    times = interleaved_rounds(cases, batches, args.rounds, args.warmup)
+    summary = paired_summary(times, {"compiled / eager": ("compiled", "eager")})
+    # what compiling cost on top of one eager pass, and what each later step saves (medians)
+    extra = first["compiled"] - first["eager"]
+    saving = summary["median_seconds"]["eager"] - summary["median_seconds"]["compiled"]
+    result = {
+        "command": " ".join([".venv/bin/python", "benchmarks/bench_compile.py", *(argv or sys.argv[1:])]),
+        "machine": machine_info(),
+        "load_average_before_after": [load_before, load_average()],
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "first_pass_seconds": first,
+        "compile_overhead_s": extra,
+        "break_even_steps": extra / saving if saving > 0 else None,  # None: compiled is not faster
+        **summary,
+        "times": times,
+    }
+    write_json(args.output, result)
+    print(json.dumps({k: result[k] for k in ("first_pass_seconds", "compile_overhead_s", "break_even_steps",
+                                             "median_seconds", "median_paired_ratio", "ratio_95ci")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
