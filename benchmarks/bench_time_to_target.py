@@ -2,14 +2,14 @@
 Face PEFT + `transformers.Trainer`, same model, head, data, learning rate and batch size.
 
     .venv/bin/python benchmarks/bench_time_to_target.py [--tasks sst2 mrpc] [--seeds 0 1]
-        [--sst2-train 2000] [--selection 400] [--dynalora-procs 1|2]
+        [--sst2-train 2000] [--selection 400] [--epochs 1] [--dynalora-procs 1|2]
 
 Data: a fixed random `--selection` rows of each GLUE *train* split are held out as the
 selection split (GLUE dev is never looked at); training uses (a subset of) the rest. Both
 sides train the packaged MiniLM with the same mean-pooling classifier (dynalora's
 `SequenceClassifier`, head dropout 0.1), LoRA r=8 alpha=16 on query/value, the head trained
 in full, AdamW (lr `--lr` for adapters and head, weight decay 0.01, no decay on biases and
-norms), linear decay after 6% warm-up, gradient clipping at 1, one epoch, and evaluate
+norms), linear decay after 6% warm-up, gradient clipping at 1, `--epochs` epochs (one), and evaluate
 accuracy on the selection split every `--eval-every` steps. The PEFT side is configured as
 a careful user would: `DataCollatorWithPadding` (dynamic padding), `train_sampling_strategy="group_by_length"` (transformers 5's `group_by_length`),
 no checkpoints, no logging. Each run is a fresh subprocess; its clock starts after imports,
@@ -61,7 +61,9 @@ def write_splits(task: str, data_dir: str, selection: int, train_limit: int | No
             writer = csv.writer(handle)
             writer.writerow([*columns, "label"])
             writer.writerows([*e.texts, e.label] for e in examples)
-    return {"columns": columns, "train": len(picked["train"]), "selection": selection}
+    labels = [e.label for e in picked["selection"]]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    return {"columns": columns, "train": len(picked["train"]), "selection": selection, "majority_share": majority}
 
 
 # -- one run (a worker subprocess) ---------------------------------------------------------
@@ -77,7 +79,7 @@ def run_dynalora(args: argparse.Namespace, start: float) -> list[dict]:
     out = Path(args.folder) / f"dynalora-{args.seed}"
     config = TrainConfig(task=args.task, method="lora", train_file=str(Path(args.folder) / "train.csv"),
                          dev_file=str(Path(args.folder) / "selection.csv"), text_columns=args.columns,
-                         label_column="label", output=str(out), epochs=1.0, batch_size=args.batch,
+                         label_column="label", output=str(out), epochs=float(args.epochs), batch_size=args.batch,
                          eval_batch_size=64, lr=args.lr, head_lr=args.lr, eval_every=args.eval_every,
                          seed=args.seed, progress=False, rank=8, alpha=16.0, head_dropout=0.1)
     train(config, callbacks=[Clock()])
@@ -131,10 +133,10 @@ def run_peft(args: argparse.Namespace, start: float) -> list[dict]:
             curve.append({"step": state.global_step, "time_s": time.perf_counter() - start,
                           "score": metrics["eval_accuracy"]})
 
-    steps = math.ceil(len(train_set) / args.batch)
+    steps = math.ceil(len(train_set) / args.batch) * args.epochs
     training = TrainingArguments(
         output_dir=str(folder / f"peft-{args.seed}"), per_device_train_batch_size=args.batch,
-        per_device_eval_batch_size=64, learning_rate=args.lr, weight_decay=0.01, num_train_epochs=1,
+        per_device_eval_batch_size=64, learning_rate=args.lr, weight_decay=0.01, num_train_epochs=args.epochs,
         warmup_steps=round(0.06 * steps), lr_scheduler_type="linear", max_grad_norm=1.0,
         eval_strategy="steps", eval_steps=args.eval_every, save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, train_sampling_strategy="group_by_length", seed=args.seed, data_seed=args.seed,
@@ -163,7 +165,8 @@ def launch(side: str, task: str, seed: int, folder: Path, info: dict, args: argp
     result = folder / f"{side}-{seed}.json"
     command = [sys.executable, __file__, "--worker", side, "--task", task, "--seed", str(seed),
                "--folder", str(folder), "--result", str(result), "--columns", *info["columns"],
-               "--lr", str(args.lr), "--batch", str(args.batch), "--eval-every", str(args.eval_every)]
+               "--lr", str(args.lr), "--batch", str(args.batch), "--eval-every", str(args.eval_every),
+               "--epochs", str(args.epochs)]
     procs = args.dynalora_procs if side == "dynalora" else 1
     if procs > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *command[1:]]
@@ -183,7 +186,9 @@ def time_to(run: dict, target: float) -> tuple[float, bool]:
     return run["total_s"], False
 
 
-def summarise(runs: list[dict], targets: dict[str, float]) -> dict[str, Any]:
+def summarise(runs: list[dict], targets: dict[str, float], majority: dict[str, float]) -> dict[str, Any]:
+    """Per task: the target, each side's median time to it and censored count, and the ratio;
+    `majority_share` beside the target (a target at or below it is reached by predicting one class)."""
     summary = {}
     for task in sorted({r["task"] for r in runs}):
         best = {side: statistics.median(max(p["score"] for p in r["curve"]) for r in runs
@@ -195,7 +200,7 @@ def summarise(runs: list[dict], targets: dict[str, float]) -> dict[str, Any]:
             per_side[side] = {"median_time_s": statistics.median(t for t, _ in times),
                               "times_s": [t for t, _ in times], "censored": sum(not ok for _, ok in times),
                               "median_best_score": best[side]}
-        summary[task] = {"target": target, **per_side,
+        summary[task] = {"target": target, "majority_share": majority[task], **per_side,
                          "ratio_dynalora_over_peft": per_side["dynalora"]["median_time_s"] / per_side["peft"]["median_time_s"]}
     return summary
 
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sst2-train", type=int, default=2000, help="SST-2 training subset (MRPC: all)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs on both sides")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--dynalora-procs", type=int, default=1, choices=[1, 2])
     parser.add_argument("--target", nargs="*", default=[], metavar="TASK=VALUE")
@@ -231,12 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     from dynalora.files import write_json
 
     targets = {k: float(v) for k, v in (t.split("=") for t in args.target)}
-    runs = []
+    runs, majority = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             folder = Path(tmp) / task
             folder.mkdir()
             info = write_splits(task, args.data_dir, args.selection, args.sst2_train if task == "sst2" else None, folder)
+            majority[task] = info["majority_share"]
             for seed in args.seeds:
                 sides = ["dynalora", "peft"] if seed % 2 == 0 else ["peft", "dynalora"]  # alternate who goes first
                 for side in sides:
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join([".venv/bin/python", "benchmarks/bench_time_to_target.py", *(argv or sys.argv[1:])]),
         "machine": machine_info(),
         "note": "shared 2-core machine under load from other work: see each run's load average",
-        "summary": summarise(runs, targets),
+        "summary": summarise(runs, targets, majority),
         "runs": runs,
     }
     write_json(args.output, result)
