@@ -200,7 +200,8 @@ def summarise(runs: list[dict], targets: dict[str, float], majority: dict[str, f
             per_side[side] = {"median_time_s": statistics.median(t for t, _ in times),
                               "times_s": [t for t, _ in times], "censored": sum(not ok for _, ok in times),
                               "median_best_score": best[side]}
-        summary[task] = {"target": target, "majority_share": majority[task], **per_side,
+        summary[task] = {"target": target, "majority_share": majority[task],
+                         "target_above_majority": target > majority[task], **per_side,
                          "ratio_dynalora_over_peft": per_side["dynalora"]["median_time_s"] / per_side["peft"]["median_time_s"]}
     return summary
 
@@ -258,6 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json(args.output, result)
     print(json.dumps(result["summary"], indent=2))
+    for task, row in result["summary"].items():
+        if not row["target_above_majority"]:
+            print(f"warning: the {task} target {row['target']} is not above the majority share "
+                  f"{row['majority_share']:.4f}: reaching it needs no learning", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 # Pause every background job first (the evidence protocol's workers: `kill -STOP PID`, later
 # `kill -CONT PID`). Refuses to start while the 1-minute load average is above 0.5, unless
 # --force; each benchmark records the load average beside its timings, so a noisy result shows.
-# Results: benchmarks/results/{processes,merged_inference,frozen_prefix,compile,time_to_target,
-#   time_to_target_mrpc_3ep}.json,
+# Results: benchmarks/results/{processes,merged_inference,frozen_prefix,compile,time_to_target_sst2,
+#   time_to_target_mrpc_3ep}.json (time_to_target.json: the 2026-11-28 run of SST-2 and 1-epoch MRPC),
 # each with its own command; the suite's log: benchmarks/results/quiet_suite.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,8 @@ log=benchmarks/results/quiet_suite.log
     "$PY" benchmarks/bench_frozen_prefix.py --rounds 20
     "$PY" benchmarks/bench_compile.py --rounds 20
     "$PY" benchmarks/bench_processes.py --repeats 3 --samples 1024 --data-dir "$DATA"
-    "$PY" benchmarks/bench_time_to_target.py --tasks sst2 --seeds 0 1 2 --dynalora-procs 2 --data-dir "$DATA"
+    "$PY" benchmarks/bench_time_to_target.py --tasks sst2 --seeds 0 1 2 --dynalora-procs 2 --data-dir "$DATA" \
+        --output benchmarks/results/time_to_target_sst2.json
     # one epoch of MRPC only reaches its majority share (2026-11-28): three epochs learn it
     "$PY" benchmarks/bench_time_to_target.py --tasks mrpc --epochs 3 --seeds 0 1 2 --dynalora-procs 2 \
         --data-dir "$DATA" --output benchmarks/results/time_to_target_mrpc_3ep.json

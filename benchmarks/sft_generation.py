@@ -33,7 +33,7 @@ import torch
 
 from dynalora.files import write_json
 from dynalora.llm.evaluate import predicted_answer, reference_answer
-from dynalora.llm.generate import generate_many
+from dynalora.llm.generate import GenerationSettings, generate_many
 from dynalora.llm.models import load_causal_lm, load_with_adapters
 from dynalora.llm.quality import find_loop, summarize
 from dynalora.llm.selection import pick_selection_records
@@ -52,8 +52,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", required=True, help="path prefix of the .jsonl and .json results")
-    parser.add_argument("--repetition-penalty", type=float, nargs="+", default=[None],
-                        help="one or more values; with several, OUTPUT-rp<value> per value")
+    parser.add_argument("--repetition-penalty", type=float, nargs="+",
+                        default=[GenerationSettings.repetition_penalty],
+                        help="one or more values (1: none; default: `dynalora generate`'s); with several, "
+                             "OUTPUT-rp<value> per value")
     parser.add_argument("--penalize-prompt", action="store_true",
                         help="the penalty counts the prompt's tokens too (transformers' own behaviour)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
@@ -102,7 +104,8 @@ def answer(model: Any, tokenizer: Any, records: list, settings: Any, args: argpa
     for record, generation in zip(records, generations):
         reference, prediction = reference_answer(record.response), predicted_answer(generation.text)
         correct.append(reference is not None and prediction == reference)
-        rows.append({"where": record.where, "prompt": record.prompt, "before": generation.text,
+        rows.append({"where": record.where, "prompt": record.prompt, "decoding": settings.to_dict(),
+                     "before": generation.text,
                      "before_stop": generation.stop_reason, "before_tokens": generation.new_tokens,
                      "before_loops": find_loop(generation.text) is not None,
                      "reference_answer": reference, "before_answer": prediction, "before_correct": correct[-1]})

@@ -148,21 +148,36 @@ def greedy_with_penalty(model, ids: list[int], penalty: float, steps: int, count
 def test_the_repetition_penalty_counts_the_answer_only_unless_asked_to_count_the_prompt():
     """Answer-only by default, so a question's own numbers stay cheap to write (counting them broke
     SmolLM2's arithmetic); --penalize-prompt restores transformers' behaviour. Both are checked
-    against a hand-written greedy loop, on a prompt where the two differ."""
+    against a hand-written greedy loop, on every row of a left-padded batch, where no penalty,
+    the answer-only penalty and the prompt-counting one give three different answers."""
     from dynalora.data.sft import prompt_ids
     from dynalora.llm.generate import end_of_turn_ids
 
     tokenizer, model = tiny_chat_tokenizer(), tiny_llama()
     model.eval()
-    prompt, steps = "hello world", 10  # a prompt whose letters the random model would write: the modes differ
-    ids, ends = prompt_ids(tokenizer, prompt), set(end_of_turn_ids(tokenizer))
+    prompts, steps, ends = ["hello world", "x"], 20, set(end_of_turn_ids(tokenizer))  # "x" is left-padded
     answers = {}
-    for count_prompt in (False, True):
-        settings = GenerationSettings(max_new_tokens=steps, repetition_penalty=3.0, penalize_prompt=count_prompt)
-        # two prompts in one batch: the shorter one is left-padded, its prompt still skipped exactly
-        got = generate_many(model, tokenizer, [prompt, "x"], settings, batch_size=2)[0]
-        expected = greedy_with_penalty(model, ids, 3.0, steps, count_prompt)
-        cut = next((i for i, t in enumerate(expected) if t in ends), len(expected))
-        assert got.text == tokenizer.decode(expected[:cut], skip_special_tokens=True), count_prompt
-        answers[count_prompt] = got.text
-    assert answers[False] != answers[True]
+    for penalty, count_prompt in ((1.0, False), (3.0, False), (3.0, True)):
+        settings = GenerationSettings(max_new_tokens=steps, repetition_penalty=penalty, penalize_prompt=count_prompt)
+        got = generate_many(model, tokenizer, prompts, settings, batch_size=2)
+        for prompt, generation in zip(prompts, got):
+            expected = greedy_with_penalty(model, prompt_ids(tokenizer, prompt), penalty, steps, count_prompt)
+            cut = next((i for i, t in enumerate(expected) if t in ends), len(expected))
+            assert generation.text == tokenizer.decode(expected[:cut], skip_special_tokens=True), (prompt, penalty)
+        answers[penalty, count_prompt] = got[0].text
+    assert len(set(answers.values())) == 3, answers
+
+
+def test_generate_cli_decodes_with_the_default_penalty_unless_told_otherwise(monkeypatch, capsys):
+    import dynalora.llm.generate as generation
+    import dynalora.llm.models as models
+
+    seen = []
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: (None, None))
+    monkeypatch.setattr(generation, "generate", lambda *a, settings, **k: seen.append(settings) or "")
+    for flags in ([], ["--repetition-penalty", "1"], ["--penalize-prompt"]):
+        assert main(["generate", "--no-adapter", "--prompt", "x", *flags]) == 0
+    default = GenerationSettings()
+    assert (seen[0].repetition_penalty, seen[0].penalize_prompt) == (default.repetition_penalty, False)
+    assert seen[1].repetition_penalty == 1.0
+    assert (seen[2].repetition_penalty, seen[2].penalize_prompt) == (default.repetition_penalty, True)

@@ -173,6 +173,12 @@ def test_generation_is_judged_before_and_after_and_the_baseline_can_be_reused(tm
                          baseline_samples=str(out / "samples.jsonl"), eval_data=None),
                   model=tiny_llama(), tokenizer=tiny_chat_tokenizer())
     assert not (tmp_path / "other" / "metrics.json").exists() and not calls
+    # and so are answers decoded otherwise: before and after must be compared alike
+    with pytest.raises(ConfigError, match=r"baseline_samples: .*other generation settings \(repetition_penalty"):
+        train_sft(config(data, tmp_path / "penalised", generation_samples=10, repetition_penalty=1.3,
+                         baseline_samples=str(out / "samples.jsonl")),
+                  model=tiny_llama(), tokenizer=tiny_chat_tokenizer())
+    assert not (tmp_path / "penalised" / "metrics.json").exists() and not calls
     with pytest.raises(ConfigError, match=r"baseline_samples: .*cannot read"):
         train_sft(config(data, tmp_path / "none", baseline_samples=str(tmp_path / "missing.jsonl")),
                   model=tiny_llama(), tokenizer=tiny_chat_tokenizer())

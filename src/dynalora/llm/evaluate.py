@@ -137,7 +137,8 @@ def score_answers(records: Sequence[SftRecord], texts: Sequence[str]) -> list[di
 
 def gsm8k_exact_match(model: nn.Module, tokenizer: Any, records: Sequence[SftRecord],
                       max_new_tokens: int = 256, batch_size: int = 8) -> dict[str, Any]:
-    """Greedy answers to the records' questions, scored on the final number.
+    """Greedy answers (with `GenerationSettings`' default penalty) to the records' questions, scored on
+    the final number.
 
     Returns {"exact_match": share correct, "n": count, "examples": [{prompt, reference,
     prediction, generation, correct}]}. Records without a `####` reference are an error.

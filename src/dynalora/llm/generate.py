@@ -43,7 +43,8 @@ class GenerationSettings:
     # > 1 discourages tokens already in the answer (1 or None: no penalty). 1.05 was chosen on
     # held-out GSM8K *training* problems (the smallest of 1.05/1.1/1.2 that ended the adapters'
     # greedy loops) and then checked on 200 test problems: loops 5.5-12% -> 0.5-1.5%, answers that
-    # end 45-71% -> 66-98%, exact match unchanged (docs/results/sft-gsm8k-v2/COMMAND.md, "Decoding").
+    # end 47.5-71% -> 68.5-97.5%, exact match within noise (base 5 -> 3, LoRA 1 -> 4, dynamic 3 -> 5;
+    # docs/results/sft-gsm8k-v2/COMMAND.md, "Decoding").
     repetition_penalty: float | None = 1.05
     # Whether the penalty also counts the prompt's tokens (transformers' `generate` does). Off by
     # default: counted, the question's own numbers and the chat template's end-of-turn marks become

@@ -47,7 +47,8 @@ def answer_before_and_after(wrapper: DynaLoraModel, tokenizer: Any, records: Seq
         with wrapper.disable_adapters():
             before = generate_many(wrapper, tokenizer, contexts, settings, batch_size)
     outputs = {"before": before, "after": generate_many(wrapper, tokenizer, contexts, settings, batch_size)}
-    samples = [{"where": r.where, "prompt": r.prompt, "response": r.response} for r in records]
+    decoding = settings.to_dict()  # kept with every sample: reusing "before" answers needs the same decoding
+    samples = [{"where": r.where, "prompt": r.prompt, "response": r.response, "decoding": decoding} for r in records]
     for side, generations in outputs.items():
         for sample, generation in zip(samples, generations):
             sample.update({side: generation.text, f"{side}_stop": generation.stop_reason,
@@ -62,10 +63,19 @@ def answer_before_and_after(wrapper: DynaLoraModel, tokenizer: Any, records: Seq
     return samples
 
 
-def reuse_before(baseline: Sequence[dict[str, Any]], records: Sequence[SftRecord]) -> list[Generation]:
-    """The "before" answers of earlier samples, which must be for the same prompts in order."""
+def reuse_before(baseline: Sequence[dict[str, Any]], records: Sequence[SftRecord],
+                 settings: GenerationSettings) -> list[Generation]:
+    """The "before" answers of earlier samples, which must be for the same prompts in order and
+    decoded with the same `settings` (else before and after would not be compared alike)."""
     if len(baseline) < len(records) or any(b.get("prompt") != r.prompt for b, r in zip(baseline, records)):
         raise ValueError("baseline samples are not for the same held-out prompts (same data, seed and order)")
+    wanted = settings.to_dict()
+    for sample in baseline[: len(records)]:
+        if not isinstance(sample, dict) or sample.get("decoding") != wanted:
+            saved = sample.get("decoding") if isinstance(sample, dict) else None
+            differ = sorted(k for k in wanted if not isinstance(saved, dict) or saved.get(k) != wanted[k])
+            raise ValueError("baseline samples were decoded with other generation settings "
+                             f"({', '.join(differ)}; they record {saved!r}): write them again with these settings")
     try:
         return [Generation(b["before"], b["before_stop"], b["before_tokens"]) for b in baseline[: len(records)]]
     except (KeyError, TypeError) as err:

@@ -236,7 +236,7 @@ def baseline_answers(config: SftConfig, records: list[SftRecord]) -> list[Genera
     if not config.baseline_samples:
         return None
     try:
-        return reuse_before(read_samples(config.baseline_samples), records)
+        return reuse_before(read_samples(config.baseline_samples), records, config.generation_settings())
     except ValueError as err:
         raise ConfigError(f"baseline_samples: {err}") from None
 
