@@ -75,7 +75,7 @@ def main() -> None:
     for penalty in args.repetition_penalty:
         out = Path(args.output)
         if len(args.repetition_penalty) > 1:
-            out = out.with_name(f"{out.name}-rp{penalty or 1:g}")
+            out = out.with_name(f"{out.name}-rp{penalty:g}")
         answer(model, tokenizer, records, SftConfig(
             data=args.data, max_new_tokens=args.max_new_tokens, repetition_penalty=penalty,
             penalize_prompt=args.penalize_prompt, no_repeat_ngram_size=args.no_repeat_ngram_size).generation_settings(), args, out)
@@ -100,11 +100,11 @@ def answer(model: Any, tokenizer: Any, records: list, settings: Any, args: argpa
                                 on_batch=lambda done: print(f"{done}/{len(records)} "
                                                             f"{time.perf_counter() - start:.0f}s", flush=True))
     wall = time.perf_counter() - start
-    rows, correct = [], []
+    rows, correct, decoding = [], [], settings.to_dict()
     for record, generation in zip(records, generations):
         reference, prediction = reference_answer(record.response), predicted_answer(generation.text)
         correct.append(reference is not None and prediction == reference)
-        rows.append({"where": record.where, "prompt": record.prompt, "decoding": settings.to_dict(),
+        rows.append({"where": record.where, "prompt": record.prompt, "decoding": decoding,
                      "before": generation.text,
                      "before_stop": generation.stop_reason, "before_tokens": generation.new_tokens,
                      "before_loops": find_loop(generation.text) is not None,

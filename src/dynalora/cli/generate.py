@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from dynalora.llm.models import load_causal_lm, load_with_adapters
 
     # bad generation values are one-line errors before any model loads
-    given = {"repetition_penalty": args.repetition_penalty}  # not given: GenerationSettings' default
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p,
+    penalty = {} if args.repetition_penalty is None else {"repetition_penalty": args.repetition_penalty}
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p,  # no flag: the default penalty
                                   penalize_prompt=args.penalize_prompt, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                  stop=args.stop, **{k: v for k, v in given.items() if v is not None})
+                                  stop=args.stop, **penalty)
     if args.no_adapter == bool(args.adapter):
         raise ConfigError("adapter: give --adapter DIR (one or more) or --no-adapter, not both or neither")
     if args.weights is not None and len(args.weights) != len(args.adapter):

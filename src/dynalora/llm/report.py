@@ -70,12 +70,11 @@ def reuse_before(baseline: Sequence[dict[str, Any]], records: Sequence[SftRecord
     if len(baseline) < len(records) or any(b.get("prompt") != r.prompt for b, r in zip(baseline, records)):
         raise ValueError("baseline samples are not for the same held-out prompts (same data, seed and order)")
     wanted = settings.to_dict()
-    for sample in baseline[: len(records)]:
-        if not isinstance(sample, dict) or sample.get("decoding") != wanted:
-            saved = sample.get("decoding") if isinstance(sample, dict) else None
-            differ = sorted(k for k in wanted if not isinstance(saved, dict) or saved.get(k) != wanted[k])
-            raise ValueError("baseline samples were decoded with other generation settings "
-                             f"({', '.join(differ)}; they record {saved!r}): write them again with these settings")
+    saved = next((b.get("decoding") for b in baseline[: len(records)] if b.get("decoding") != wanted), wanted)
+    if saved != wanted:
+        differ = [k for k in wanted if not isinstance(saved, dict) or saved.get(k) != wanted[k]]
+        raise ValueError("baseline samples were decoded with other generation settings "
+                         f"({', '.join(differ)}; they record {saved!r}): write them again with these settings")
     try:
         return [Generation(b["before"], b["before_stop"], b["before_tokens"]) for b in baseline[: len(records)]]
     except (KeyError, TypeError) as err:
