@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,14 @@ def machine_info() -> dict[str, object]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def result_header(script: str, argv: list[str] | None, args: object, load_before: list[float]) -> dict[str, object]:
+    """The fields every timing result starts with: the command that made it, the machine, the
+    load average before and after, and the settings (`args` without its output path)."""
+    return {"command": " ".join([".venv/bin/python", f"benchmarks/{script}", *(argv or sys.argv[1:])]),
+            "machine": machine_info(), "load_average_before_after": [load_before, load_average()],
+            "settings": {k: v for k, v in vars(args).items() if k != "output"}}
 
 
 def bootstrap_interval(values: list[float], statistic=statistics.median, resamples: int = 2000,

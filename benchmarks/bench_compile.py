@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
+from bench_common import interleaved_rounds, load_average, paired_summary, result_header
 from bench_speed import training_step
 
 from dynalora.adapters import LoraConfig, get_lora_model
@@ -68,10 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = first["compiled"] - first["eager"]
     saving = summary["median_seconds"]["eager"] - summary["median_seconds"]["compiled"]
     result = {
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_compile.py", *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
-        "load_average_before_after": [load_before, load_average()],
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        **result_header("bench_compile.py", argv, args, load_before),
         "first_pass_seconds": first,
         "compile_overhead_s": extra,
         "break_even_steps": extra / saving if saving > 0 else None,  # None: compiled is not faster

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
+from bench_common import interleaved_rounds, load_average, paired_summary, result_header
 
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.files import write_json
@@ -105,10 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = paired_summary(times, {"top_half / all_layers": ("top_half", "all_layers"),
                                     "top_half_no_grad / top_half": ("top_half_no_grad", "top_half")})
     result = {
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_frozen_prefix.py", *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
-        "load_average_before_after": [load_before, load_average()],
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        **result_header("bench_frozen_prefix.py", argv, args, load_before),
         **summary,
         "times": times,
     }

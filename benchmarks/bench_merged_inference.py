@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
-from bench_common import interleaved_rounds, load_average, machine_info, paired_summary
+from bench_common import interleaved_rounds, load_average, paired_summary, result_header
 
 from dynalora.adapters import LoraConfig, get_lora_model
 from dynalora.files import write_json
@@ -86,10 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     times = interleaved_rounds(cases, batches, args.rounds, args.warmup)
     summary = paired_summary(times, {f"{name} / base": (name, "base") for name in cases if name != "base"})
     result = {
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_merged_inference.py", *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
-        "load_average_before_after": [load_before, load_average()],
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        **result_header("bench_merged_inference.py", argv, args, load_before),
         "same_structure_as_base": same,
         "unloaded_structure": {"hooks": structure(unloaded)["hooks"],
                                "lora_modules_left": sum("Lora" in t for t in structure(unloaded)["modules"])},
