@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "compile.json"))
     args = parser.parse_args(argv)
+    if min(args.lengths) < 1 or args.batch < 1 or args.rounds < 1:
+        parser.error("--lengths, --batch and --rounds must be positive")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = build_classifier(default_model_path(), num_labels=2, backbone_dropout=0.0, head_dropout=0.0)

@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--columns", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be a positive whole number, not {args.epochs}")
     if args.worker:
         args.side = args.worker
         worker(args)
