@@ -10,6 +10,11 @@ length dynamic). First, each case runs every batch once and that time is kept ap
 compiled case it is the compilation); then both cases run interleaved rounds on the same batches
 (paired ratios, median, bootstrap 95% interval, load average recorded).
 
+Compilation is timed cold: inductor's on-disk cache (compiled C++ kernels, FX graphs) goes to a
+fresh temporary folder, since a cache left by an earlier run makes "compiling" a 13 s lookup
+instead of minutes of work (measured here). `--warm-cache` keeps the user's cache, as a second
+run of the same training would.
+
 Writes `benchmarks/results/compile.json`.
 """
 
@@ -18,6 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,10 +52,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 48, 64, 96, 128])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="use inductor's existing on-disk cache instead of a fresh one (times a warm compile)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "compile.json"))
     args = parser.parse_args(argv)
     if min(args.lengths) < 1 or args.batch < 1 or args.rounds < 1:
         parser.error("--lengths, --batch and --rounds must be positive")
+    if args.warm_cache:
+        return measure(args, argv)
+    with tempfile.TemporaryDirectory(prefix="dynalora-inductor-") as cache:
+        previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read when inductor first compiles
+        try:
+            return measure(args, argv)
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = build_classifier(default_model_path(), num_labels=2, backbone_dropout=0.0, head_dropout=0.0)
@@ -70,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     saving = summary["median_seconds"]["eager"] - summary["median_seconds"]["compiled"]
     result = {
         **result_header("bench_compile.py", argv, args, load_before),
+        "inductor_cache": "warm (the user's)" if args.warm_cache else "fresh (cold compile)",
         "first_pass_seconds": first,
         "compile_overhead_s": extra,
         "break_even_steps": extra / saving if saving > 0 else None,  # None: compiled is not faster
