@@ -6,7 +6,7 @@
 # --force; each benchmark records the load average beside its timings, so a noisy result shows.
 # Results: benchmarks/results/{processes,merged_inference,frozen_prefix,compile,time_to_target_sst2,
 #   time_to_target_mrpc_3ep}.json (time_to_target.json: the 2026-11-28 run of SST-2 and 1-epoch MRPC;
-#   compile and 3-epoch MRPC ran alone on 2026-11-28 04:32-04:40 UTC, log quiet_suite_part2.log),
+#   compile and 3-epoch MRPC ran alone on 2026-11-28 03:32-04:41 UTC, log quiet_suite_part2.log),
 # each with its own command; the suite's log: benchmarks/results/quiet_suite.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
