@@ -24,7 +24,7 @@ SHARED = {"epochs": 2.0, "min_epochs": 1.0, "early_stopping_patience": 1, "selec
           "head_lr": 0.1, "head_dropout": 0.0}
 TINY = Protocol("tiny", {"lora": Arm("lora", "lora"), "bitfit": Arm("bitfit", "bitfit", None)},
                 (Tier("0", ("lora",), grid_tasks=("sst2",)), Tier("1", ("lora", "bitfit"), tasks=("sst2",), seeds=(0, 1))),
-                SHARED)
+                SHARED, extend_edges=False)  # a fixed 3-run grid: the edge step has its own test
 
 
 class Finished:
@@ -131,7 +131,7 @@ def test_a_free_worker_starts_a_later_tier_instead_of_waiting_for_a_grid_to_end(
     monkeypatch.setattr(protocol_runner, "POLL_S", 0.0)
     staged = Protocol("staged", TINY.arms, (
         Tier("0", ("lora",), grid_tasks=("sst2",)), Tier("1", ("lora",), tasks=("sst2",), seeds=(0, 1)),
-        Tier("2", ("bitfit",), grid_tasks=("sst2",))), SHARED)
+        Tier("2", ("bitfit",), grid_tasks=("sst2",))), SHARED, extend_edges=False)
     records = tmp_path / "runs.jsonl"
     protocol_runner.run_protocol(staged, ["0", "1", "2"], records, tmp_path / "w", workers=2)
     lora_lrs = [lr for tier, _, lr, _ in launched if tier == "0"]
@@ -140,6 +140,36 @@ def test_a_free_worker_starts_a_later_tier_instead_of_waiting_for_a_grid_to_end(
     assert launched[3][:2] == ("2", "bitfit")  # beside lora's last grid run, not after tier 1
     assert launched.index(("1", "lora", chosen, 1)) > 3
     assert len(launched) == 7 and len(read_records(records)) == 7  # every run once, seed 0 reused
+
+
+@pytest.mark.parametrize(("scores", "grid", "chosen"), [
+    ({3e-4: 0.6, 1e-3: 0.7, 3e-3: 0.8, 1e-2: 0.75}, [3e-4, 1e-3, 3e-3, 1e-2], 3e-3),  # best at the top: one step up
+    ({3e-4: 0.6, 1e-3: 0.7, 3e-3: 0.8, 1e-2: 0.9, 3e-2: 1.0}, [3e-4, 1e-3, 3e-3, 1e-2], 1e-2),  # not chased further
+    ({1e-4: 0.9, 3e-4: 0.8, 1e-3: 0.7, 3e-3: 0.6}, [3e-4, 1e-3, 3e-3, 1e-4], 1e-4),  # best at the bottom: one down
+    ({3e-4: 0.7, 1e-3: 0.8, 3e-3: 0.7}, [3e-4, 1e-3, 3e-3], 1e-3),  # best inside: the grid stays as it is
+])
+def test_a_grid_best_at_its_end_runs_one_step_past_it_before_anything_is_decided(tmp_path, monkeypatch, scores,
+                                                                                 grid, chosen):
+    """The edge step runs after the base grid and before any seed run of the arm; the choice
+    is made over every lr run, and a grid end that wins again is reported, not chased."""
+    launched = []
+
+    def launch(self, folder):
+        job = json.loads((folder / "job.json").read_text())["record"]
+        launched.append((job["stage"], job["lr"], job["seed"]))
+        (folder / "record.json").write_text(json.dumps(
+            {**job, "selection_score": scores[job["lr"]], "dev": {"glue": 0.5}, "epochs_run": 1, "run_wall_s": 1.0}))
+        return Finished()
+
+    monkeypatch.setattr(protocol_runner.Pool, "launch", launch)
+    monkeypatch.setattr(protocol_runner, "POLL_S", 0.0)
+    edge = Protocol("edge", TINY.arms, (Tier("0", ("lora",), grid_tasks=("sst2",)),
+                                        Tier("1", ("lora",), tasks=("sst2",), seeds=(0, 1))), SHARED)
+    protocol_runner.run_protocol(edge, ["0", "1"], tmp_path / "runs.jsonl", tmp_path / "w")
+    assert launched == [("grid", lr, 0) for lr in grid] + [("seeds", chosen, 1)]
+    choice = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
+    assert choice["lr"] == chosen and sorted(map(float, choice["grid"])) == sorted(grid)
+    assert choice["at_grid_end"] == (chosen in (1e-4, 1e-2))
 
 
 def test_an_unrecorded_run_reruns_over_the_leftovers_of_an_earlier_attempt(tiny, tmp_path, in_process):
@@ -266,3 +296,17 @@ def test_report_decides_nothing_from_a_partial_grid(tmp_path):
     grid = (tmp_path / "report" / "lr_grid.csv").read_text()
     assert grid.count("pending (2 of 3 runs)") == 2 and "yes" not in grid
     assert not (tmp_path / "report" / "dots.png").exists()
+
+
+def test_report_waits_for_the_edge_step_of_a_grid_best_at_its_end(tmp_path):
+    """lora's base grid is best at 3e-3, its top: until 1e-2 is recorded the report chooses
+    nothing; then it chooses over all four lrs, as the bench does."""
+    path = tmp_path / "runs.jsonl"
+    for lr, sel in ((3e-4, 0.70), (1e-3, 0.75), (3e-3, 0.80)):
+        append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=lr, stage="grid", selection=sel))
+    grid = (tmp_path / "report" / "lr_grid.csv")
+    assert "(3 records, 0 counted)" in write_report(path, tmp_path / "report")
+    assert grid.read_text().count("pending (3 of 4 runs)") == 3
+    append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=1e-2, stage="grid", selection=0.78))
+    text = write_report(path, tmp_path / "report")
+    assert "| lora | 0.003 | yes | 80.00 | 80.00 |" in text and "(4 records, 1 counted)" in text

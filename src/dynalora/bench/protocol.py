@@ -3,7 +3,10 @@
 An arm is one way to train (a method, its targets and options): "lora" is LoRA r=8 on every
 linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
   grid runs    every lr of the arm's grid, seed 0, on the grid tasks (MRPC); the arm's lr
-               is the one with the best mean selection score (never a dev figure);
+               is the one with the best mean selection score (never a dev figure). When the
+               best lr of the grid is its lowest or highest, one more lr one step past that
+               end is run before anything is decided (once: a second edge is not chased), so
+               no arm is compared at an lr that may only be the grid's limit;
   seed runs    every task x arm x seed at the chosen lr, seeds outermost (after k seeds every
                arm has k paired seeds).
 Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
@@ -36,6 +39,7 @@ from dynalora.adapters.config import ConfigError
 
 MAX_EPOCHS, MIN_EPOCHS, PATIENCE = 10.0, 3.0, 3
 GRID_FACTORS = (0.3, 1.0, 3.0)  # times the method's default lr: LoRA family 3e-4, 1e-3, 3e-3
+EDGE_FACTORS = (0.1, 10.0)  # one step past the low / high end, run when the grid's best sits there
 GRID_SEED = 0
 # One grid task: on this machine a run takes 15-45 minutes, and the seed runs (tiers 1-3, the
 # ablation) are what the comparison rests on. MRPC because every arm separates from its
@@ -80,6 +84,7 @@ class Protocol:
     arms: dict[str, Arm]
     tiers: tuple[Tier, ...]
     shared: dict[str, Any]  # TrainConfig fields every run shares
+    extend_edges: bool = True  # one more lr past a grid end that wins (see the module doc)
 
     def tier(self, name: str) -> Tier:
         for t in self.tiers:
@@ -96,11 +101,39 @@ class Protocol:
         return dataclasses.replace(self, shared={**self.shared, **changes})
 
 
-def lr_grid(method: str) -> list[float]:
+def lr_grid(method: str, factors: tuple[float, ...] = GRID_FACTORS) -> list[float]:
     from dynalora.training.methods import get_method
 
     base = get_method(method).default_lr
-    return [float(f"{base * f:.3g}") for f in GRID_FACTORS]
+    return [float(f"{base * f:.3g}") for f in factors]
+
+
+def lr_means(by_lr: dict[float, dict[str, float]], lrs: list[float],
+             tasks: tuple[str, ...]) -> dict[float, float] | None:
+    """lr -> mean selection score over `tasks`, for `lrs` in order; None while any (lr, task)
+    of them is unrecorded."""
+    if any(set(tasks) - set(by_lr.get(lr, {})) for lr in lrs):
+        return None
+    return {lr: sum(by_lr[lr][t] for t in tasks) / len(tasks) for lr in sorted(lrs)}
+
+
+def best_lr(means: dict[float, float]) -> float:
+    return max(means, key=lambda lr: (means[lr], -lr))  # ties go to the smaller lr
+
+
+def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
+             by_lr: dict[float, dict[str, float]]) -> list[float]:
+    """An arm's grid lrs: the base grid, plus one step past its low or high end once the base
+    grid is recorded and best at that end (`by_lr`: the arm's grid scores, see grid_scores)."""
+    method = protocol.arm(name).method
+    lrs = lr_grid(method)
+    means = lr_means(by_lr, lrs, tasks) if protocol.extend_edges else None
+    best = best_lr(means) if means else None
+    if best == lrs[0]:
+        return lr_grid(method, EDGE_FACTORS[:1]) + lrs
+    if best == lrs[-1]:
+        return lrs + lr_grid(method, EDGE_FACTORS[1:])
+    return lrs
 
 
 def read_ablation(path: Path) -> dict[str, dict[str, Any]]:
@@ -166,13 +199,15 @@ def job_settings(protocol: Protocol, arm: Arm, tier: Tier) -> dict[str, Any]:
     return dict(sorted({**protocol.shared, **tier.settings, **arm.overrides}.items()))
 
 
-def grid_jobs(protocol: Protocol, tier: Tier) -> list[Job]:
+def grid_jobs(protocol: Protocol, tier: Tier, records: list[dict[str, Any]] = ()) -> list[Job]:
+    """The tier's grid runs; `records` decide whether a grid grows past one of its ends."""
+    scores = grid_scores(list(records))
     jobs = []
     for task in tier.grid_tasks:  # task outermost: the first task's grid finishes first
         for name in tier.arms:
             arm = protocol.arm(name)
             jobs += [Job(tier.name, "grid", arm, task, GRID_SEED, lr, job_settings(protocol, arm, tier))
-                     for lr in lr_grid(arm.method)]
+                     for lr in arm_grid(protocol, name, tier.grid_tasks, scores.get(name, {}))]
     return jobs
 
 
@@ -211,19 +246,24 @@ def choose_lrs(records: list[dict[str, Any]],
             if arm not in expected:
                 continue
             lrs, tasks = expected[arm]
-            if any(set(tasks) - set(by_lr.get(lr, {})) for lr in lrs):
+        else:
+            if len({frozenset(v) for v in by_lr.values()}) != 1:
                 continue
-            by_lr = {lr: {t: by_lr[lr][t] for t in tasks} for lr in lrs}
-        elif len({frozenset(v) for v in by_lr.values()}) != 1:
+            lrs, tasks = sorted(by_lr), tuple(sorted(next(iter(by_lr.values()))))
+        means = lr_means(by_lr, lrs, tasks)
+        if means is None:
             continue
-        means = {lr: sum(v.values()) / len(v) for lr, v in sorted(by_lr.items())}
-        best = max(means, key=lambda lr: (means[lr], -lr))
-        chosen[arm] = {"lr": best, "mean_selection_score": means[best],
-                       "grid": {f"{lr:g}": {"tasks": by_lr[lr], "mean": means[lr]} for lr in means}}
+        best = best_lr(means)
+        chosen[arm] = {"lr": best, "mean_selection_score": means[best], "at_grid_end": best in (min(means), max(means)),
+                       "grid": {f"{lr:g}": {"tasks": {t: by_lr[lr][t] for t in tasks}, "mean": means[lr]}
+                                for lr in means}}
     return chosen
 
 
-def expected_grids(protocol: Protocol) -> dict[str, tuple[list[float], tuple[str, ...]]]:
-    """For every arm tuned in some tier: its grid lrs and the tasks of that grid."""
-    return {name: (lr_grid(protocol.arm(name).method), tier.grid_tasks)
+def expected_grids(protocol: Protocol, records: list[dict[str, Any]] = ()
+                   ) -> dict[str, tuple[list[float], tuple[str, ...]]]:
+    """For every arm tuned in some tier: its grid lrs (an edge step included once `records`
+    call for it) and the tasks of that grid."""
+    scores = grid_scores(list(records))
+    return {name: (arm_grid(protocol, name, tier.grid_tasks, scores.get(name, {})), tier.grid_tasks)
             for tier in protocol.tiers if tier.grid_tasks for name in tier.arms}

@@ -8,7 +8,7 @@ runs in flight, and the next call skips everything recorded.
 
 Order: whenever a worker is free it takes the first runnable run in tier order (the tiers as
 given; inside a tier the grid runs, then the seed runs). A seed run is runnable once its arm's
-lr grid is complete: the choice is then written to `lr_choice.json` (next to the records) and
+lr grid is complete (its edge step included, when the grid's best sits at an end): the choice is then written to `lr_choice.json` (next to the records) and
 the seed runs read it. So a worker that would wait for the last run of a grid, or of a tier,
 starts the next runnable run of a later tier instead.
 """
@@ -40,7 +40,8 @@ def lr_choice_path(records: Path) -> Path:
 def refresh_lr_choice(protocol: Protocol, records: Path) -> dict[str, float]:
     """Recompute every decided arm's lr from the records, write lr_choice.json, and return
     the choices as read back from that file (the file is what later tiers use)."""
-    chosen = choose_lrs(read_records(records), expected_grids(protocol))
+    recorded = read_records(records)
+    chosen = choose_lrs(recorded, expected_grids(protocol, recorded))
     path = lr_choice_path(records)
     if chosen or path.is_file():
         write_json(path, chosen)
@@ -69,7 +70,7 @@ def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: 
     lines, total, seconds = [], 0, 0.0
     for name in tiers:
         tier = protocol.tier(name)
-        jobs = [j for j in grid_jobs(protocol, tier) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
+        jobs = [j for j in grid_jobs(protocol, tier, recorded) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
         left = pending(jobs, recorded)
         cost = sum(estimate_s(j, recorded) for j in left)
         undecided = sum(j.lr is None for j in left)
@@ -198,6 +199,7 @@ def run_protocol(protocol: Protocol, tiers: list[str], records: str | Path, work
 
     def runnable() -> list[Job]:
         chosen = refresh_lr_choice(protocol, records)
+        recorded = read_records(records)
         jobs = []
         for name in tiers:
             tier = protocol.tier(name)
@@ -207,8 +209,9 @@ def run_protocol(protocol: Protocol, tiers: list[str], records: str | Path, work
                 told.update(waiting)
                 print(f"tier {name}: no lr chosen yet for {', '.join(waiting)} (its grid is unfinished); "
                       "their seed runs wait", flush=True)
-            jobs += [j for j in grid_jobs(protocol, tier) if keep(j, arms)] + [j for j in seeds if j.lr is not None]
-        return pending(jobs, read_records(records))
+            jobs += [j for j in grid_jobs(protocol, tier, recorded) if keep(j, arms)]
+            jobs += [j for j in seeds if j.lr is not None]
+        return pending(jobs, recorded)
 
     try:
         pool.run(runnable, workdir, data_dir, model)

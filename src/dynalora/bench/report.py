@@ -33,7 +33,7 @@ def glue_metric_name(task: str) -> str:
 def decided_lrs(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Each arm's chosen lr: an arm of the paper protocol once its whole grid is recorded (a
     partial grid decides nothing, as in the runner), any other arm from its records alone."""
-    grids = expected_grids(paper_protocol())
+    grids = expected_grids(paper_protocol(), records)
     expected = {arm: grids[arm] for arm in {r["arm"] for r in records if r.get("stage") == "grid"} if arm in grids}
     chosen = choose_lrs(records, expected)
     chosen.update(choose_lrs([r for r in records if r["arm"] not in expected]))
@@ -118,7 +118,9 @@ def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
         done = sum(len(v) for v in by_lr.values())
         wanted = len(expected[arm][0]) * len(expected[arm][1]) if arm in expected else done
         for lr, tasks in sorted(by_lr.items()):
-            mark = ("yes" if float(lr) == chosen[arm]["lr"] else "") if arm in chosen else f"pending ({done} of {wanted} runs)"
+            mark = f"pending ({done} of {wanted} runs)"
+            if arm in chosen:
+                mark = "" if float(lr) != chosen[arm]["lr"] else "yes (grid end)" if chosen[arm].get("at_grid_end") else "yes"
             rows.append({"arm": arm, "lr": f"{lr:g}", "chosen": mark,
                          **{task: f"{100 * v:.2f}" for task, v in tasks.items()},
                          "mean": f"{100 * statistics.fmean(tasks.values()):.2f}"})
