@@ -278,6 +278,36 @@ def test_timing_interleaves_rounds_and_tables_the_median(tiny, tmp_path):
     assert row["merged"] == "yes" and "Table 2" in text
 
 
+def test_a_stopped_timing_resumes_with_the_rounds_it_measured(tiny, tmp_path):
+    """Killed in round 2, the timing keeps round 1 in timing.jsonl; the rerun measures only
+    what is missing, and --fresh measures everything again."""
+    from dynalora.bench.timing import measure_arm, run_timing
+
+    model, data = tiny
+    calls = []
+
+    def runner(spec, threads):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append((spec["arm"], spec["round"]))
+        return measure_arm(spec)
+
+    settings = dict(task="sst2", repeats=2, steps=1, threads=1, data_dir=data, model=model, output=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_timing(["lora", "bitfit"], runner=runner, **settings)
+    assert len((tmp_path / "timing.jsonl").read_text().splitlines()) == 3
+    calls.clear()
+    run_timing(["lora", "bitfit"], runner=lambda spec, threads: calls.append((spec["arm"], spec["round"]))
+               or measure_arm(spec), **settings)
+    assert calls == [("lora", 1)]  # round 2 runs bitfit first, which was measured before the stop
+    assert len((tmp_path / "timing.jsonl").read_text().splitlines()) == 4
+    assert all(row["rounds"] == "2" for row in csv_rows(tmp_path / "table2.csv"))
+    calls.clear()
+    run_timing(["lora"], runner=lambda spec, threads: calls.append(spec["arm"]) or measure_arm(spec),
+               fresh=True, **{**settings, "repeats": 1})
+    assert calls == ["lora"] and len((tmp_path / "timing.jsonl").read_text().splitlines()) == 1
+
+
 def csv_rows(path):
     import csv
 

@@ -7,7 +7,10 @@ by k, so a burst of load hits every arm alike and no arm is always first. Per ar
 seconds per training step (a short run of `steps` optimizer steps on the task's first
 batches, evaluation excluded), inference latency at batch 1 and 32 on the merged model (see
 `dynalora.bench.measure`), trainable share and peak resident memory. The table gives the
-median over rounds. Each round's figures go to timing.jsonl, so the table can be checked.
+median over rounds. Each round's figures are appended to timing.jsonl as soon as they are
+measured, so the table can be checked, and a timing that was stopped resumes: a rerun with
+the same task, steps and threads keeps the rounds already there and measures only the rest
+(`fresh=True`, CLI `--fresh`, starts over).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import paper_protocol
+from dynalora.bench.records import append_record
 
 DEFAULT_ARMS = ("lora", "dynamic", "peft-adalora", "lora-qv", "rank1", "full", "head", "adapter", "bitfit")
 FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb")
@@ -89,25 +93,47 @@ def table2_rows(rounds: list[dict[str, Any]], arms: list[str]) -> list[dict[str,
     return rows
 
 
+def measured_rounds(path: Path, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rounds of `path` measured with the same task, steps and threads (torn lines skipped)."""
+    if not path.is_file():
+        return []
+    rounds = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a timing killed inside its write: that round is measured again
+        if isinstance(entry, dict) and all(entry.get(k) == v for k, v in context.items()):
+            rounds.append(entry)
+    return rounds
+
+
 def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, threads: int,
-               data_dir: str | None, model: str | None, output: Path, runner: Any = run_child) -> str:
-    """Time every arm in interleaved rounds; write timing.jsonl and table2.{csv,md}; return the Markdown."""
+               data_dir: str | None, model: str | None, output: Path, runner: Any = run_child,
+               fresh: bool = False) -> str:
+    """Time every arm in interleaved rounds, resuming from timing.jsonl; write table2.{csv,md};
+    return the Markdown."""
     arms = list(arms or DEFAULT_ARMS)
     for name in arms:
         paper_protocol().arm(name)  # unknown arm: one-line error before anything runs
     output.mkdir(parents=True, exist_ok=True)
-    rounds = []
+    log, context = output / "timing.jsonl", {"task": task, "steps": steps, "threads": threads}
+    if fresh:
+        log.unlink(missing_ok=True)
+    rounds = [r for r in measured_rounds(log, context) if r["arm"] in arms and r["round"] < repeats]
+    done = {(r["arm"], r["round"]) for r in rounds}
+    if done:
+        print(f"resuming: {len(done)} round(s) already in {log}", flush=True)
     with tempfile.TemporaryDirectory(prefix="dynalora-timing-") as scratch:
         for k in range(repeats):
             shift = k % len(arms)
             for name in arms[shift:] + arms[:shift]:
+                if (name, k) in done:
+                    continue
                 spec = arm_spec(name, task, steps, data_dir, model, Path(scratch) / f"{name}-{k}")
-                rounds.append(runner({**spec, "round": k}, threads))
+                rounds.append({**runner({**spec, "round": k}, threads), **context})
+                append_record(log, rounds[-1])
                 print(f"round {k + 1}/{repeats} {name}: {rounds[-1]['s_per_step']:.3f} s/step", flush=True)
-    from dynalora.files import atomic_path
-
-    with atomic_path(output / "timing.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     return write_table(table2_rows(rounds, arms), ["arm", "rounds", *FIGURES, "trainable params", "merged"],
                        output / "table2", title=f"Table 2: cost per arm ({task}, median of {repeats} interleaved "
                        f"rounds, {threads} thread(s); s_per_step over {steps} steps of batch 32)")

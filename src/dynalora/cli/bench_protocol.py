@@ -110,6 +110,9 @@ def add_timing_parser(commands: Any) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="GLUE data folder")
     parser.add_argument("--model", metavar="PATH", help="base model folder (default: the packaged MiniLM)")
     parser.add_argument("--output", default="docs/results/paper", metavar="DIR", help="(default: docs/results/paper)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="measure every round again (default: keep the rounds already in timing.jsonl "
+                             "with the same task, steps and threads, and measure only the rest)")
     parser.set_defaults(func=run_timing)
 
 
@@ -117,5 +120,5 @@ def run_timing(args: argparse.Namespace) -> int:
     from dynalora.bench.timing import run_timing as timing
 
     print(timing(arms=args.arms, task=args.task, repeats=args.repeats, steps=args.steps, threads=args.threads,
-                 data_dir=args.data_dir, model=args.model, output=Path(args.output)))
+                 data_dir=args.data_dir, model=args.model, output=Path(args.output), fresh=args.fresh))
     return 0
