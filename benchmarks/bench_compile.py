@@ -45,6 +45,17 @@ def first_pass_seconds(step, batches: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def break_even_steps(extra_s: float, summary: dict) -> float | None:
+    """Steps until compiling has paid for itself, from the paired ratio (the per-step saving is
+    the eager median times 1 - ratio); None when the ratio's 95% interval holds 1, that is when
+    no saving was measured, however long one trains."""
+    low, high = summary["ratio_95ci"]["compiled / eager"]
+    if low <= 1.0 <= high:
+        return None
+    saving = summary["median_seconds"]["eager"] * (1 - summary["median_paired_ratio"]["compiled / eager"])
+    return extra_s / saving if saving > 0 else None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -89,15 +100,13 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     first = {name: first_pass_seconds(step, batches) for name, step in cases.items()}
     times = interleaved_rounds(cases, batches, args.rounds, args.warmup)
     summary = paired_summary(times, {"compiled / eager": ("compiled", "eager")})
-    # what compiling cost on top of one eager pass, and what each later step saves (medians)
-    extra = first["compiled"] - first["eager"]
-    saving = summary["median_seconds"]["eager"] - summary["median_seconds"]["compiled"]
+    extra = first["compiled"] - first["eager"]  # what compiling cost on top of one eager pass
     result = {
         **result_header("bench_compile.py", argv, args, load_before),
         "inductor_cache": "warm (the user's)" if args.warm_cache else "fresh (cold compile)",
         "first_pass_seconds": first,
         "compile_overhead_s": extra,
-        "break_even_steps": extra / saving if saving > 0 else None,  # None: compiled is not faster
+        "break_even_steps": break_even_steps(extra, summary),
         **summary,
         "times": times,
     }

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dynalora-procs", type=int, default=1, choices=[1, 2])
     parser.add_argument("--target", nargs="*", default=[], metavar="TASK=VALUE")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "time_to_target.json"))
+    parser.add_argument("--note", default="", help="how quiet the machine was, in words, for the result file "
+                        "(each run records its own load average either way)")
     # worker mode (one run in a subprocess)
     parser.add_argument("--worker", choices=["dynalora", "peft"], help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": " ".join([".venv/bin/python", "benchmarks/bench_time_to_target.py", *(argv or sys.argv[1:])]),
         "machine": machine_info(),
-        "note": "shared 2-core machine under load from other work: see each run's load average",
+        "note": args.note or "no note given: see each run's load average (1, 5, 15 min)",
         "summary": summarise(runs, targets, majority),
         "runs": runs,
     }

@@ -147,6 +147,9 @@ def test_a_free_worker_starts_a_later_tier_instead_of_waiting_for_a_grid_to_end(
     ({3e-4: 0.6, 1e-3: 0.7, 3e-3: 0.8, 1e-2: 0.9, 3e-2: 1.0}, [3e-4, 1e-3, 3e-3, 1e-2], 1e-2),  # not chased further
     ({1e-4: 0.9, 3e-4: 0.8, 1e-3: 0.7, 3e-3: 0.6}, [3e-4, 1e-3, 3e-3, 1e-4], 1e-4),  # best at the bottom: one down
     ({3e-4: 0.7, 1e-3: 0.8, 3e-3: 0.7}, [3e-4, 1e-3, 3e-3], 1e-3),  # best inside: the grid stays as it is
+    ({3e-4: 0.8, 1e-3: 0.8, 3e-3: 0.7}, [3e-4, 1e-3, 3e-3], 1e-3),  # an end tied with the middle: the middle, no step
+    ({3e-4: 0.7, 1e-3: 0.8, 3e-3: 0.8}, [3e-4, 1e-3, 3e-3], 1e-3),
+    ({3e-4: 0.8, 1e-3: 0.7, 3e-3: 0.8}, [3e-4, 1e-3, 3e-3], 3e-4),  # both ends tied: no end is strictly best
 ])
 def test_a_grid_best_at_its_end_runs_one_step_past_it_before_anything_is_decided(tmp_path, monkeypatch, scores,
                                                                                  grid, chosen):
@@ -169,7 +172,7 @@ def test_a_grid_best_at_its_end_runs_one_step_past_it_before_anything_is_decided
     assert launched == [("grid", lr, 0) for lr in grid] + [("seeds", chosen, 1)]
     choice = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
     assert choice["lr"] == chosen and sorted(map(float, choice["grid"])) == sorted(grid)
-    assert choice["at_grid_end"] == (chosen in (1e-4, 1e-2))
+    assert choice["at_grid_end"] == (chosen in (min(grid), max(grid)))
 
 
 def test_an_unrecorded_run_reruns_over_the_leftovers_of_an_earlier_attempt(tiny, tmp_path, in_process):
@@ -308,6 +311,41 @@ def test_a_stopped_timing_resumes_with_the_rounds_it_measured(tiny, tmp_path):
     assert calls == ["lora"] and len((tmp_path / "timing.jsonl").read_text().splitlines()) == 1
 
 
+def test_timing_refuses_rounds_measured_under_other_settings(tiny, tmp_path):
+    """A round keeps what it measured (its own `steps`) apart from the settings it was measured
+    under; a rerun with other steps, threads, model or arms is refused before anything runs and
+    leaves the file as it was; --fresh starts over; a round written twice counts once."""
+    from dynalora.bench.timing import measure_arm, run_timing
+    from dynalora.errors import ConfigError
+
+    model, data = tiny
+    settings = dict(task="sst2", repeats=1, steps=1, threads=1, data_dir=data, model=model, output=tmp_path)
+    run_timing(["lora"], runner=lambda spec, threads: {**measure_arm(spec), "steps": 7}, **settings)
+    log = tmp_path / "timing.jsonl"
+    (line,) = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["steps"] == 7 and line["context"]["steps"] == 1  # the measurement is not overwritten
+    before = log.read_text()
+
+    def never(spec, threads):
+        raise AssertionError("nothing may run")
+
+    for change, field in [({"steps": 2}, "steps"), ({"threads": 2}, "threads"),
+                          ({"model": str(tmp_path)}, "model")]:
+        with pytest.raises(ConfigError, match=f"line 1 was measured under other settings \\({field} "):
+            run_timing(["lora"], runner=never, **{**settings, **change})
+    with pytest.raises(ConfigError, match="arms"):
+        run_timing(["lora", "bitfit"], runner=never, **settings)
+    assert log.read_text() == before
+    log.write_text(before + before)  # the same round twice (say, two copies of the file merged)
+    run_timing(["lora"], runner=never, **settings)
+    assert csv_rows(tmp_path / "table2.csv")[0]["rounds"] == "1"
+    log.write_text(before + json.dumps({"arm": "lora", "round": 1, "s_per_step": 1.0}) + "\n")
+    with pytest.raises(ConfigError, match="older format"):
+        run_timing(["lora"], runner=never, **settings)
+    run_timing(["lora"], runner=lambda spec, threads: measure_arm(spec), fresh=True, **{**settings, "steps": 2})
+    assert [json.loads(text)["context"]["steps"] for text in log.read_text().splitlines()] == [2]
+
+
 def csv_rows(path):
     import csv
 
@@ -340,3 +378,27 @@ def test_report_waits_for_the_edge_step_of_a_grid_best_at_its_end(tmp_path):
     append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=1e-2, stage="grid", selection=0.78))
     text = write_report(path, tmp_path / "report")
     assert "| lora | 0.003 | yes | 80.00 | 80.00 |" in text and "(4 records, 1 counted)" in text
+
+
+def test_a_grid_end_that_wins_its_edge_step_is_marked_in_the_report(tmp_path):
+    """The edge step wins too: the report chooses it and marks it "yes (grid end)", so a reader
+    sees that the arm's lr may still be limited by the grid."""
+    path = tmp_path / "runs.jsonl"
+    for lr, sel in ((3e-4, 0.70), (1e-3, 0.75), (3e-3, 0.80), (1e-2, 0.85)):
+        append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=lr, stage="grid", selection=sel))
+    text = write_report(path, tmp_path / "report")
+    assert "| lora | 0.01 | yes (grid end) | 85.00 | 85.00 |" in text
+    assert "| lora | 0.003 |  | 80.00 | 80.00 |" in text
+
+
+def test_the_lr_is_chosen_by_the_mean_over_every_grid_task():
+    """Two grid tasks that disagree: the choice follows the mean, not the first task; a grid
+    missing one (lr, task) run decides nothing."""
+    scores = {(1e-3, "mrpc"): 0.80, (1e-3, "rte"): 0.60, (3e-3, "mrpc"): 0.78, (3e-3, "rte"): 0.66,
+              (3e-4, "mrpc"): 0.79, (3e-4, "rte"): 0.55}
+    recs = [hand_record(task, "lora", 0, 0.5, lr=lr, stage="grid", selection=s) for (lr, task), s in scores.items()]
+    expected = {"lora": ([3e-4, 1e-3, 3e-3], ("mrpc", "rte"))}
+    choice = choose_lrs(recs, expected)["lora"]
+    assert choice["lr"] == 3e-3 and choice["mean_selection_score"] == pytest.approx(0.72)
+    assert choice["grid"]["0.001"]["tasks"] == {"mrpc": 0.80, "rte": 0.60}
+    assert choose_lrs(recs[:-1], expected) == {}

@@ -4,9 +4,10 @@ An arm is one way to train (a method, its targets and options): "lora" is LoRA r
 linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
   grid runs    every lr of the arm's grid, seed 0, on the grid tasks (MRPC); the arm's lr
                is the one with the best mean selection score (never a dev figure). When the
-               best lr of the grid is its lowest or highest, one more lr one step past that
-               end is run before anything is decided (once: a second edge is not chased), so
-               no arm is compared at an lr that may only be the grid's limit;
+               best lr of the grid is its lowest or highest (strictly: a tie goes to the
+               lr nearer the middle), one more lr one step past that end is run before
+               anything is decided (once: a second edge is not chased), so no arm is
+               compared at an lr that may only be the grid's limit;
   seed runs    every task x arm x seed at the chosen lr, seeds outermost (after k seeds every
                arm has k paired seeds).
 Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
@@ -29,6 +30,8 @@ Seed k fixes the data order and the head's initialisation for every arm alike; t
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +121,19 @@ def lr_means(by_lr: dict[float, dict[str, float]], lrs: list[float],
 
 
 def best_lr(means: dict[float, float]) -> float:
-    return max(means, key=lambda lr: (means[lr], -lr))  # ties go to the smaller lr
+    """The lr with the best mean score. A tie goes to the lr nearest the grid's middle (in log
+    scale), then to the smaller: an end of the grid wins only when it is strictly better."""
+    middle = math.sqrt(min(means) * max(means))
+    return max(means, key=lambda lr: (means[lr], -abs(math.log(lr / middle)), -lr))
+
+
+def strictly_best_end(means: dict[float, float]) -> float | None:
+    """The grid end whose mean beats every other lr's, if one does (a tie is no reason to step
+    past an end)."""
+    best = best_lr(means)
+    if best in (min(means), max(means)) and all(means[lr] < means[best] for lr in means if lr != best):
+        return best
+    return None
 
 
 def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
@@ -128,7 +143,7 @@ def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
     method = protocol.arm(name).method
     lrs = lr_grid(method)
     means = lr_means(by_lr, lrs, tasks) if protocol.extend_edges else None
-    best = best_lr(means) if means else None
+    best = strictly_best_end(means) if means else None
     if best == lrs[0]:
         return lr_grid(method, EDGE_FACTORS[:1]) + lrs
     if best == lrs[-1]:
@@ -199,7 +214,7 @@ def job_settings(protocol: Protocol, arm: Arm, tier: Tier) -> dict[str, Any]:
     return dict(sorted({**protocol.shared, **tier.settings, **arm.overrides}.items()))
 
 
-def grid_jobs(protocol: Protocol, tier: Tier, records: list[dict[str, Any]] = ()) -> list[Job]:
+def grid_jobs(protocol: Protocol, tier: Tier, records: Sequence[dict[str, Any]] = ()) -> list[Job]:
     """The tier's grid runs; `records` decide whether a grid grows past one of its ends."""
     scores = grid_scores(list(records))
     jobs = []
@@ -238,7 +253,7 @@ def choose_lrs(records: list[dict[str, Any]],
 
     An arm is decided once its grid is complete: every (lr, task) of `expected[arm]` when given
     (the runner), else every recorded lr on the same tasks (the report, from records alone).
-    Ties go to the smaller lr. Dev figures play no part.
+    Ties go to the lr nearer the grid's middle (see best_lr). Dev figures play no part.
     """
     chosen = {}
     for arm, by_lr in grid_scores(records).items():
@@ -260,7 +275,7 @@ def choose_lrs(records: list[dict[str, Any]],
     return chosen
 
 
-def expected_grids(protocol: Protocol, records: list[dict[str, Any]] = ()
+def expected_grids(protocol: Protocol, records: Sequence[dict[str, Any]] = ()
                    ) -> dict[str, tuple[list[float], tuple[str, ...]]]:
     """For every arm tuned in some tier: its grid lrs (an edge step included once `records`
     call for it) and the tasks of that grid."""

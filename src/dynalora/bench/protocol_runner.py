@@ -8,8 +8,8 @@ runs in flight, and the next call skips everything recorded.
 
 Order: whenever a worker is free it takes the first runnable run in tier order (the tiers as
 given; inside a tier the grid runs, then the seed runs). A seed run is runnable once its arm's
-lr grid is complete (its edge step included, when the grid's best sits at an end): the choice is then written to `lr_choice.json` (next to the records) and
-the seed runs read it. So a worker that would wait for the last run of a grid, or of a tier,
+lr grid is complete (its edge step included, when the grid's best sits at an end): the
+choice is then written to `lr_choice.json` (next to the records) and the seed runs read it. So a worker that would wait for the last run of a grid, or of a tier,
 starts the next runnable run of a later tier instead.
 """
 
@@ -37,10 +37,10 @@ def lr_choice_path(records: Path) -> Path:
     return records.parent / "lr_choice.json"
 
 
-def refresh_lr_choice(protocol: Protocol, records: Path) -> dict[str, float]:
-    """Recompute every decided arm's lr from the records, write lr_choice.json, and return
-    the choices as read back from that file (the file is what later tiers use)."""
-    recorded = read_records(records)
+def refresh_lr_choice(protocol: Protocol, records: Path, recorded: list[dict[str, Any]]) -> dict[str, float]:
+    """Recompute every decided arm's lr from `recorded` (the records file's records), write
+    lr_choice.json beside it, and return the choices as read back from that file (the file is
+    what later tiers use)."""
     chosen = choose_lrs(recorded, expected_grids(protocol, recorded))
     path = lr_choice_path(records)
     if chosen or path.is_file():
@@ -66,7 +66,7 @@ def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: 
                   arms: list[str] | None = None) -> tuple[int, float, str]:
     """(runs left, estimated seconds, a readable summary) for the chosen tiers."""
     recorded = read_records(records)
-    chosen = refresh_lr_choice(protocol, records)
+    chosen = refresh_lr_choice(protocol, records, recorded)
     lines, total, seconds = [], 0, 0.0
     for name in tiers:
         tier = protocol.tier(name)
@@ -198,8 +198,8 @@ def run_protocol(protocol: Protocol, tiers: list[str], records: str | Path, work
     told: set[str] = set()
 
     def runnable() -> list[Job]:
-        chosen = refresh_lr_choice(protocol, records)
         recorded = read_records(records)
+        chosen = refresh_lr_choice(protocol, records, recorded)
         jobs = []
         for name in tiers:
             tier = protocol.tier(name)

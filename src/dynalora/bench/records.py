@@ -31,26 +31,34 @@ def run_key(record: dict[str, Any]) -> str:
     return json.dumps(values, sort_keys=True)
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete record of `path` (none if it does not exist); torn or broken lines are skipped."""
+def read_jsonl(path: str | Path) -> tuple[list[tuple[int, Any]], list[int]]:
+    """The parsed lines of `path` as (line number, value), and the numbers of the lines that do
+    not parse (a torn last line, typically); blank lines are neither. No file: nothing."""
     path = Path(path)
     if not path.is_file():
-        return []
-    records, broken = [], []
+        return [], []
+    values, broken = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            values.append((number, json.loads(line)))
         except json.JSONDecodeError:
             broken.append(number)
-            continue
+    return values, broken
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete record of `path` (none if it does not exist); torn or broken lines are skipped."""
+    values, broken = read_jsonl(path)
+    records = []
+    for number, record in values:
         if isinstance(record, dict) and all(k in record for k in KEY_FIELDS):
             records.append(record)
         else:
             broken.append(number)
     if broken:
-        warnings.warn(f"{path}: skipped {len(broken)} unreadable line(s) ({', '.join(map(str, broken[:5]))}); "
+        warnings.warn(f"{path}: skipped {len(broken)} unreadable line(s) ({', '.join(map(str, sorted(broken)[:5]))}); "
                       "a run killed while writing leaves one; that run will run again", stacklevel=2)
     return records
 

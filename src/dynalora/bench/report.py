@@ -118,13 +118,19 @@ def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
         done = sum(len(v) for v in by_lr.values())
         wanted = len(expected[arm][0]) * len(expected[arm][1]) if arm in expected else done
         for lr, tasks in sorted(by_lr.items()):
-            mark = f"pending ({done} of {wanted} runs)"
-            if arm in chosen:
-                mark = "" if float(lr) != chosen[arm]["lr"] else "yes (grid end)" if chosen[arm].get("at_grid_end") else "yes"
-            rows.append({"arm": arm, "lr": f"{lr:g}", "chosen": mark,
+            rows.append({"arm": arm, "lr": f"{lr:g}", "chosen": choice_mark(chosen.get(arm), lr, done, wanted),
                          **{task: f"{100 * v:.2f}" for task, v in tasks.items()},
                          "mean": f"{100 * statistics.fmean(tasks.values()):.2f}"})
     return rows
+
+
+def choice_mark(choice: dict[str, Any] | None, lr: float, done: int, wanted: int) -> str:
+    """The lr grid table's `chosen` column: pending, blank, yes, or yes at the grid's end."""
+    if choice is None:
+        return f"pending ({done} of {wanted} runs)"
+    if float(lr) != choice["lr"]:
+        return ""
+    return "yes (grid end)" if choice.get("at_grid_end") else "yes"
 
 
 def convergence_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,9 +8,12 @@ seconds per training step (a short run of `steps` optimizer steps on the task's 
 batches, evaluation excluded), inference latency at batch 1 and 32 on the merged model (see
 `dynalora.bench.measure`), trainable share and peak resident memory. The table gives the
 median over rounds. Each round's figures are appended to timing.jsonl as soon as they are
-measured, so the table can be checked, and a timing that was stopped resumes: a rerun with
-the same task, steps and threads keeps the rounds already there and measures only the rest
-(`fresh=True`, CLI `--fresh`, starts over).
+measured, with the settings they were measured under (task, steps, threads, model, data,
+arms) in a `context` field apart from the measurement, so the table can be checked and a
+timing that was stopped resumes: a rerun with the same settings keeps the rounds already there
+and measures only the rest. A file holds one set of settings: a rerun with other settings is
+refused before anything runs (`fresh=True`, CLI `--fresh`, deletes the file and starts over;
+or write to another folder).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from typing import Any
 
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import paper_protocol
-from dynalora.bench.records import append_record
+from dynalora.bench.records import append_record, read_jsonl
+from dynalora.errors import ConfigError
 
 DEFAULT_ARMS = ("lora", "dynamic", "peft-adalora", "lora-qv", "rank1", "full", "head", "adapter", "bitfit")
+# Bumped when a round's fields change meaning; rounds of another format are not mixed in.
+TIMING_FORMAT = 2
 FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb")
 
 
@@ -93,19 +99,34 @@ def table2_rows(rounds: list[dict[str, Any]], arms: list[str]) -> list[dict[str,
     return rows
 
 
+def timing_context(arms: list[str], task: str, steps: int, threads: int, data_dir: str | None,
+                   model: str | None) -> dict[str, Any]:
+    """The settings a round is measured under; rounds are only comparable under equal settings."""
+    def where(value: str | None) -> str | None:  # one folder however it was spelled
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+    return {"format": TIMING_FORMAT, "task": task, "steps": steps, "threads": threads,
+            "model": where(model), "data_dir": where(data_dir), "arms": list(arms)}
+
+
 def measured_rounds(path: Path, context: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rounds of `path` measured with the same task, steps and threads (torn lines skipped)."""
-    if not path.is_file():
-        return []
-    rounds = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a timing killed inside its write: that round is measured again
-        if isinstance(entry, dict) and all(entry.get(k) == v for k, v in context.items()):
-            rounds.append(entry)
-    return rounds
+    """The rounds already in `path`, one per (arm, round), the last one written winning; a torn
+    line is skipped (its round is measured again). A round measured under other settings is a
+    ConfigError: mixing it in would compare unlike figures, and deleting it would lose work."""
+    values, _ = read_jsonl(path)
+    rounds: dict[tuple[str, int], dict[str, Any]] = {}
+    for number, entry in values:
+        theirs = entry.get("context") if isinstance(entry, dict) else None
+        if theirs != context:
+            if not isinstance(theirs, dict):
+                why = "an older format that did not record its settings"
+            else:
+                key = next((k for k in context if theirs.get(k) != context[k]), None)
+                why = f"{key} {theirs.get(key)!r}, now {context[key]!r}" if key else "fields this version does not know"
+            raise ConfigError(f"{path}: line {number} was measured under other settings ({why}); "
+                              "rerun with --fresh to measure everything again, or write to another --output")
+        rounds[(entry["arm"], entry["round"])] = entry
+    return list(rounds.values())
 
 
 def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, threads: int,
@@ -117,10 +138,10 @@ def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, thre
     for name in arms:
         paper_protocol().arm(name)  # unknown arm: one-line error before anything runs
     output.mkdir(parents=True, exist_ok=True)
-    log, context = output / "timing.jsonl", {"task": task, "steps": steps, "threads": threads}
+    log, context = output / "timing.jsonl", timing_context(arms, task, steps, threads, data_dir, model)
     if fresh:
         log.unlink(missing_ok=True)
-    rounds = [r for r in measured_rounds(log, context) if r["arm"] in arms and r["round"] < repeats]
+    rounds = [r for r in measured_rounds(log, context) if r["round"] < repeats]
     done = {(r["arm"], r["round"]) for r in rounds}
     if done:
         print(f"resuming: {len(done)} round(s) already in {log}", flush=True)
@@ -131,7 +152,7 @@ def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, thre
                 if (name, k) in done:
                     continue
                 spec = arm_spec(name, task, steps, data_dir, model, Path(scratch) / f"{name}-{k}")
-                rounds.append({**runner({**spec, "round": k}, threads), **context})
+                rounds.append({**runner({**spec, "round": k}, threads), "context": context})
                 append_record(log, rounds[-1])
                 print(f"round {k + 1}/{repeats} {name}: {rounds[-1]['s_per_step']:.3f} s/step", flush=True)
     return write_table(table2_rows(rounds, arms), ["arm", "rounds", *FIGURES, "trainable params", "merged"],
