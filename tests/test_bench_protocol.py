@@ -149,7 +149,7 @@ def test_a_free_worker_starts_a_later_tier_instead_of_waiting_for_a_grid_to_end(
     ({3e-4: 0.7, 1e-3: 0.8, 3e-3: 0.7}, [3e-4, 1e-3, 3e-3], 1e-3),  # best inside: the grid stays as it is
     ({3e-4: 0.8, 1e-3: 0.8, 3e-3: 0.7}, [3e-4, 1e-3, 3e-3], 1e-3),  # an end tied with the middle: the middle, no step
     ({3e-4: 0.7, 1e-3: 0.8, 3e-3: 0.8}, [3e-4, 1e-3, 3e-3], 1e-3),
-    ({3e-4: 0.8, 1e-3: 0.7, 3e-3: 0.8}, [3e-4, 1e-3, 3e-3], 3e-4),  # both ends tied: no end is strictly best
+    ({3e-4: 0.8, 1e-3: 0.7, 3e-3: 0.8, 1e-4: 0.6}, [3e-4, 1e-3, 3e-3, 1e-4], 3e-4),  # both ends tied: the lower, and past it
 ])
 def test_a_grid_best_at_its_end_runs_one_step_past_it_before_anything_is_decided(tmp_path, monkeypatch, scores,
                                                                                  grid, chosen):
@@ -297,6 +297,17 @@ def test_a_grid_end_that_wins_its_edge_step_is_marked_in_the_report(tmp_path):
     text = write_report(path, tmp_path / "report")
     assert "| lora | 0.01 | yes (grid end) | 85.00 | 85.00 |" in text
     assert "| lora | 0.003 |  | 80.00 | 80.00 |" in text
+
+
+@pytest.mark.parametrize(("means", "best"), [
+    ({1e-4: 0.8, 3e-4: 0.8, 1e-3: 0.8, 3e-3: 0.8}, 3e-4),  # even grid, all tied: the lower of the middle two
+    ({1e-4: 0.8, 3e-4: 0.7, 1e-3: 0.7, 3e-3: 0.8}, 1e-4),  # the two ends tied: the lower
+    ({1e-4: 0.7, 3e-4: 0.8, 1e-3: 0.8, 3e-3: 0.9}, 3e-3),  # a strictly better end wins
+])
+def test_a_tie_on_the_lr_grid_goes_to_its_middle_exactly(means, best):
+    from dynalora.bench.protocol import best_lr
+
+    assert best_lr(means) == best
 
 
 def test_the_lr_is_chosen_by_the_mean_over_every_grid_task():

@@ -4,7 +4,9 @@ settings every round is measured under."""
 from __future__ import annotations
 
 import json
+import socket
 import statistics
+from pathlib import Path
 
 import pytest
 from training_helpers import make_sst_dir, make_tiny_model
@@ -66,10 +68,12 @@ def test_a_stopped_timing_resumes_with_the_rounds_it_measured(tiny, tmp_path):
     assert calls == ["lora"] and len((tmp_path / "timing.jsonl").read_text().splitlines()) == 1
 
 
-def test_timing_refuses_rounds_measured_under_other_settings(tiny, tmp_path):
+def test_timing_refuses_rounds_measured_under_other_settings(tiny, tmp_path, monkeypatch, capsys):
     """A round keeps what it measured (its own `steps`) apart from the settings it was measured
-    under; a rerun with other steps, threads, model or arms is refused before anything runs and
-    leaves the file as it was; --fresh starts over; a round written twice counts once."""
+    under; a rerun with other steps, threads, model, arms or host is refused before anything
+    runs and leaves the file as it was; the same folder spelled otherwise is the same setting;
+    a round written twice counts once; a torn last line is measured again; --fresh starts over
+    and keeps the old rounds in timing.jsonl.bak."""
     from dynalora.bench.timing import measure_arm, run_timing
     from dynalora.errors import ConfigError
 
@@ -90,15 +94,27 @@ def test_timing_refuses_rounds_measured_under_other_settings(tiny, tmp_path):
             run_timing(["lora"], runner=never, **{**settings, **change})
     with pytest.raises(ConfigError, match="arms"):
         run_timing(["lora", "bitfit"], runner=never, **settings)
+    with pytest.raises(ConfigError, match="host"):
+        monkeypatch.setattr(socket, "gethostname", lambda: "another-machine")
+        run_timing(["lora"], runner=never, **settings)
+    monkeypatch.undo()
     assert log.read_text() == before
+    monkeypatch.chdir(Path(data).parent)  # the data folder spelled relative to here: the same setting
+    run_timing(["lora"], runner=never, **{**settings, "data_dir": Path(data).name})
     log.write_text(before + before)  # the same round twice (say, two copies of the file merged)
     run_timing(["lora"], runner=never, **settings)
     assert csv_rows(tmp_path / "table2.csv")[0]["rounds"] == "1"
+    calls = []
+    log.write_text(before + before[: len(before) // 2])  # round 2 killed inside its write
+    run_timing(["lora"], runner=lambda spec, threads: calls.append(spec["round"]) or measure_arm(spec),
+               **{**settings, "repeats": 2})
+    assert calls == [1] and "skipped 1 unreadable line" in capsys.readouterr().err
     log.write_text(before + json.dumps({"arm": "lora", "round": 1, "s_per_step": 1.0}) + "\n")
     with pytest.raises(ConfigError, match="older format"):
         run_timing(["lora"], runner=never, **settings)
     run_timing(["lora"], runner=lambda spec, threads: measure_arm(spec), fresh=True, **{**settings, "steps": 2})
     assert [json.loads(text)["context"]["steps"] for text in log.read_text().splitlines()] == [2]
+    assert (tmp_path / "timing.jsonl.bak").read_text().startswith(before)  # --fresh deletes nothing
 
 
 def csv_rows(path):

