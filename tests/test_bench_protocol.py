@@ -12,8 +12,19 @@ import pytest
 from scipy import stats
 from training_helpers import make_sst_dir, make_tiny_model
 
+from dynalora.adapters.config import ConfigError
 from dynalora.bench import protocol_runner, protocol_worker
-from dynalora.bench.protocol import Arm, Protocol, Tier, choose_lrs, paper_protocol
+from dynalora.bench.protocol import (
+    Arm,
+    Job,
+    Protocol,
+    Tier,
+    choose_lrs,
+    expected_grids,
+    job_settings,
+    paper_protocol,
+    seed_jobs,
+)
 from dynalora.bench.records import append_record, read_records, run_key
 from dynalora.bench.report import write_report
 from dynalora.bench.stats import paired
@@ -321,3 +332,37 @@ def test_the_lr_is_chosen_by_the_mean_over_every_grid_task():
     assert choice["lr"] == 3e-3 and choice["mean_selection_score"] == pytest.approx(0.72)
     assert choice["grid"]["0.001"]["tasks"] == {"mrpc": 0.80, "rte": 0.60}
     assert choose_lrs(recs[:-1], expected) == {}
+
+
+def test_an_ablation_variant_at_loras_lr_reuses_dynamics_grid_run(tmp_path):
+    """`dynamic:lora-lr` trains dynamic LoRA at LoRA's chosen lr: its seed-0 MRPC run is the same
+    run as dynamic's grid run at that lr, so the bench does not train it again and the report
+    counts that record for the variant too (and for dynamic only at dynamic's own lr)."""
+    protocol = paper_protocol()
+    variant = protocol.arm("dynamic:lora-lr")
+    assert variant.method_options == {} and variant.tuned_by == "lora"
+    grids = {"lora": {1e-4: 0.78, 3e-4: 0.81, 1e-3: 0.80, 3e-3: 0.79}, "dynamic": {3e-4: 0.80, 1e-3: 0.82, 3e-3: 0.70}}
+    path = tmp_path / "runs.jsonl"
+    for name, scores in grids.items():
+        arm = protocol.arm(name)
+        for lr, sel in scores.items():
+            job = Job("0", "grid", arm, "mrpc", 0, lr, job_settings(protocol, arm, protocol.tier("0")))
+            append_record(path, {**hand_record("mrpc", name, 0, sel + 0.02, lr=lr, stage="grid", selection=sel),
+                                 **job.key_record()})
+    recorded = read_records(path)
+    chosen = {a: c["lr"] for a, c in choose_lrs(recorded, expected_grids(protocol, recorded)).items()}
+    assert chosen == {"lora": 3e-4, "dynamic": 1e-3}
+    jobs = [j for j in seed_jobs(protocol, protocol.tier("ablation"), chosen) if j.arm is variant]
+    left = protocol_runner.pending(jobs, recorded)
+    assert len(jobs) == 6 and [(j.task, j.seed) for j in jobs if j not in left] == [("mrpc", 0)]
+    seed1 = next(j for j in left if (j.task, j.seed) == ("mrpc", 1))
+    assert seed1.lr == 3e-4
+    append_record(path, {**hand_record("mrpc", variant.name, 1, 0.86, lr=3e-4), **seed1.key_record()})
+    write_report(path, tmp_path / "report")
+    table = (tmp_path / "report" / "table1.csv").read_text().splitlines()
+    assert next(row for row in table if row.startswith("dynamic:lora-lr,")).startswith("dynamic:lora-lr,84.00 ± 2.83 (n=2)")
+    assert next(row for row in table if row.startswith("dynamic,")).startswith("dynamic,84.00 (n=1)")
+    bad = tmp_path / "ablation.yaml"
+    bad.write_text("variants:\n  x: {lr_from: dora}\n")
+    with pytest.raises(ConfigError, match="variant 'x': lr_from 'dora' is not an arm"):
+        paper_protocol(bad)

@@ -12,7 +12,8 @@ linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
                arm has k paired seeds).
 Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
 2 (LoRA q/v and Rank-1 Sum: own grid, 3 seeds), ablation (dynamic LoRA variants from
-benchmarks/paper_ablation.yaml at dynamic's lr, 3 seeds on MRPC and CoLA), 3 (the paper's
+benchmarks/paper_ablation.yaml at dynamic's lr or, where a variant says `lr_from`, at that arm's,
+3 seeds on MRPC and CoLA), 3 (the paper's
 baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-2 subset).
 
 Budget, the same for every run: at most MAX_EPOCHS epochs, evaluated on the selection split
@@ -143,7 +144,8 @@ def arm_grid(protocol: Protocol, name: str, tasks: tuple[str, ...],
 
 
 def read_ablation(path: Path) -> dict[str, dict[str, Any]]:
-    """Dynamic-LoRA variants: a YAML mapping of variant name to method_options."""
+    """Dynamic-LoRA variants: a YAML mapping of variant name to method_options (where the key
+    `lr_from` names the arm whose chosen lr the variant trains at instead of dynamic's)."""
     if not path.is_file():
         return {}
     data = yaml.safe_load(path.read_text()) or {}
@@ -162,8 +164,14 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
             Arm("lora-qv", "lora", ("query", "value")), Arm("rank1", "rank1"),
             Arm("full", "full", None), Arm("head", "head", None), Arm("adapter", "adapter", None),
             Arm("bitfit", "bitfit", None)]
-    variants = [Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from="dynamic")
-                for name, options in read_ablation(ablation_file).items()]
+    names = {a.name for a in arms}
+    variants = []
+    for name, options in read_ablation(ablation_file).items():
+        lr_from = options.pop("lr_from", "dynamic")
+        if lr_from not in names:
+            raise ConfigError(f"{ablation_file}: variant {name!r}: lr_from {lr_from!r} is not an arm; "
+                              f"arms: {', '.join(sorted(names))}")
+        variants.append(Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from=lr_from))
     tiers = (
         Tier("0", MAIN_ARMS, grid_tasks=GRID_TASKS),
         Tier("1", MAIN_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),

@@ -2,7 +2,10 @@
 
 Which runs count: for an arm tuned by a grid, the runs at its chosen lr (recomputed from the
 grid records, as the bench chose it); for an arm without grid records (ablation variants),
-all its runs. One run per (task, arm, seed). Every figure is the dev GLUE score of the model
+all its runs. One run per (task, arm, seed). A seed run of the protocol that the bench found
+already recorded under another arm (same run key: e.g. an ablation variant at LoRA's lr, whose
+seed-0 MRPC run is dynamic's grid run at that lr) counts for both arms, as the bench counts it
+done for both. Every figure is the dev GLUE score of the model
 chosen on the selection split, in points (x100).
 """
 
@@ -15,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.analysis.tables import write_table
-from dynalora.bench.protocol import choose_lrs, expected_grids, grid_scores, paper_protocol
-from dynalora.bench.records import lr_text, read_records
+from dynalora.bench.protocol import (
+    choose_lrs,
+    expected_grids,
+    grid_scores,
+    paper_protocol,
+    seed_jobs,
+)
+from dynalora.bench.records import lr_text, read_records, run_key
 from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
 from dynalora.data import get_task
@@ -49,6 +58,21 @@ def counted_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]
             continue
         kept[(r["task"], r["arm"], r["seed"])] = r
     return list(kept.values())
+
+
+def shared_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies, under the arm of a protocol seed run, of records made by another arm with the
+    same run key (the bench does not train such a run twice)."""
+    protocol = paper_protocol()
+    lrs = {arm: c["lr"] for arm, c in chosen.items()}
+    by_key = {run_key(r): r for r in records}
+    found = []
+    for tier in protocol.tiers:
+        for job in seed_jobs(protocol, tier, lrs):
+            record = by_key.get(run_key(job.key_record())) if job.lr is not None else None
+            if record is not None and record["arm"] != job.arm.name:
+                found.append({**record, "arm": job.arm.name, "stage": "seeds", "tier": tier.name})
+    return found
 
 
 def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
@@ -168,9 +192,9 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     """Every table and dots.png into `output`; returns report.md's text."""
     records = read_records(records_path)
     chosen, expected = decided_lrs(records)
-    runs = counted_runs(records, chosen)
+    runs = counted_runs(records, chosen) + shared_runs(records, chosen)
     tasks = list(dict.fromkeys(r["task"] for r in sorted(runs, key=lambda r: r.get("tier", ""))))
-    arms = list(dict.fromkeys(r["arm"] for r in records))
+    arms = list(dict.fromkeys(r["arm"] for r in records + runs))
     cells = by_cell(runs)
     output.mkdir(parents=True, exist_ok=True)
     metric_note = "; ".join(f"{t}: {glue_metric_name(t)}" for t in tasks)
