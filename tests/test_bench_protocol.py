@@ -337,7 +337,8 @@ def test_the_lr_is_chosen_by_the_mean_over_every_grid_task():
 def test_an_ablation_variant_at_loras_lr_reuses_dynamics_grid_run(tmp_path):
     """`dynamic:lora-lr` trains dynamic LoRA at LoRA's chosen lr: its seed-0 MRPC run is the same
     run as dynamic's grid run at that lr, so the bench does not train it again and the report
-    counts that record for the variant too (and for dynamic only at dynamic's own lr)."""
+    counts that record for the variant too (and for dynamic only at dynamic's own lr); a
+    variant's runs at another lr do not count, and its own record beats a shared one."""
     protocol = paper_protocol()
     variant = protocol.arm("dynamic:lora-lr")
     assert variant.method_options == {} and variant.tuned_by == "lora"
@@ -357,12 +358,26 @@ def test_an_ablation_variant_at_loras_lr_reuses_dynamics_grid_run(tmp_path):
     assert len(jobs) == 6 and [(j.task, j.seed) for j in jobs if j not in left] == [("mrpc", 0)]
     seed1 = next(j for j in left if (j.task, j.seed) == ("mrpc", 1))
     assert seed1.lr == 3e-4
-    append_record(path, {**hand_record("mrpc", variant.name, 1, 0.86, lr=3e-4), **seed1.key_record()})
-    write_report(path, tmp_path / "report")
+    append_record(path, {**hand_record("mrpc", variant.name, 1, 0.86, lr=3e-4), **seed1.key_record(), "tuned_by": "lora"})
+    append_record(path, {**hand_record("mrpc", variant.name, 2, 0.50, lr=1e-3), **seed1.key_record(), "lr": 1e-3,
+                         "seed": 2, "tuned_by": "lora"})  # not at LoRA's chosen lr: left out
+    text = write_report(path, tmp_path / "report")
     table = (tmp_path / "report" / "table1.csv").read_text().splitlines()
     assert next(row for row in table if row.startswith("dynamic:lora-lr,")).startswith("dynamic:lora-lr,84.00 ± 2.83 (n=2)")
     assert next(row for row in table if row.startswith("dynamic,")).startswith("dynamic,84.00 (n=1)")
+    assert "(9 records, 4 counted)" in text  # lora and dynamic at their lrs, the variant's own run and the shared one
+    # From the records alone: a variant the protocol does not know, tuned by LoRA's grid, with its
+    # own record for seed 0 as well, keeps its own record and still counts at LoRA's lr only.
+    append_record(path, {**hand_record("mrpc", "dynamic:mine", 0, 0.90, lr=3e-4), **seed1.key_record(), "seed": 0,
+                         "tuned_by": "lora"})
+    append_record(path, {**hand_record("mrpc", "dynamic:mine", 1, 0.70, lr=3e-4), **seed1.key_record(), "tuned_by": "lora"})
+    write_report(path, tmp_path / "report")
+    table = (tmp_path / "report" / "table1.csv").read_text().splitlines()
+    assert next(row for row in table if row.startswith("dynamic:mine,")).startswith("dynamic:mine,80.00 ± 14.14 (n=2)")
     bad = tmp_path / "ablation.yaml"
     bad.write_text("variants:\n  x: {lr_from: dora}\n")
     with pytest.raises(ConfigError, match="variant 'x': lr_from 'dora' is not an arm"):
+        paper_protocol(bad)
+    bad.write_text("variants:\n  x: {lr_from: [lora]}\n")
+    with pytest.raises(ConfigError, match="variant 'x': lr_from \\['lora'\\] is not an arm"):
         paper_protocol(bad)

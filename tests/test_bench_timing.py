@@ -115,6 +115,9 @@ def test_timing_refuses_rounds_measured_under_other_settings(tiny, tmp_path, mon
     run_timing(["lora"], runner=lambda spec, threads: measure_arm(spec), fresh=True, **{**settings, "steps": 2})
     assert [json.loads(text)["context"]["steps"] for text in log.read_text().splitlines()] == [2]
     assert (tmp_path / "timing.jsonl.bak").read_text().startswith(before)  # --fresh deletes nothing
+    run_timing(["lora"], runner=lambda spec, threads: measure_arm(spec), fresh=True, **{**settings, "steps": 3})
+    assert (tmp_path / "timing.jsonl.bak").read_text().startswith(before)  # nor does a second --fresh
+    assert json.loads((tmp_path / "timing.jsonl.bak.1").read_text())["context"]["steps"] == 2
 
 
 def csv_rows(path):

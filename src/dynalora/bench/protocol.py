@@ -51,7 +51,10 @@ GRID_SEED = 0
 GRID_TASKS = ("mrpc",)
 MAIN_TASKS = ("mrpc", "rte", "stsb", "cola")
 SST2_SUBSET = 8000
-ABLATION_FILE = Path("benchmarks/paper_ablation.yaml")
+# The repository's file, wherever the command runs from (a relative path if the sources are
+# installed without it: then there are no variants unless --ablation names a file).
+_IN_REPO = Path(__file__).resolve().parents[3] / "benchmarks" / "paper_ablation.yaml"
+ABLATION_FILE = _IN_REPO if _IN_REPO.is_file() else Path("benchmarks/paper_ablation.yaml")
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
     variants = []
     for name, options in read_ablation(ablation_file).items():
         lr_from = options.pop("lr_from", "dynamic")
-        if lr_from not in names:
+        if not isinstance(lr_from, str) or lr_from not in names:
             raise ConfigError(f"{ablation_file}: variant {name!r}: lr_from {lr_from!r} is not an arm; "
                               f"arms: {', '.join(sorted(names))}")
         variants.append(Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from=lr_from))

@@ -2,15 +2,16 @@
 
 Which runs count: for an arm tuned by a grid, the runs at its chosen lr (recomputed from the
 grid records, as the bench chose it); for an arm without grid records (ablation variants),
-all its runs. One run per (task, arm, seed). A seed run of the protocol that the bench found
-already recorded under another arm (same run key: e.g. an ablation variant at LoRA's lr, whose
-seed-0 MRPC run is dynamic's grid run at that lr) counts for both arms, as the bench counts it
-done for both. Every figure is the dev GLUE score of the model
+all its runs, except that a variant tuned by another arm's grid (`tuned_by`) counts at that
+arm's chosen lr. One run per (task, arm, seed). A run the bench found already recorded under
+another arm (the same run: e.g. an ablation variant at LoRA's lr, whose seed-0 MRPC run is
+dynamic's grid run at that lr) counts for both arms, as the bench counts it done for both. Every figure is the dev GLUE score of the model
 chosen on the selection split, in points (x100).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -18,14 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.analysis.tables import write_table
-from dynalora.bench.protocol import (
-    choose_lrs,
-    expected_grids,
-    grid_scores,
-    paper_protocol,
-    seed_jobs,
-)
-from dynalora.bench.records import lr_text, read_records, run_key
+from dynalora.bench.protocol import choose_lrs, expected_grids, grid_scores, paper_protocol
+from dynalora.bench.records import lr_text, read_records
 from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
 from dynalora.data import get_task
@@ -49,30 +44,46 @@ def decided_lrs(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]
     return chosen, expected
 
 
+def borrowed_lrs(records: list[dict[str, Any]]) -> dict[str, str]:
+    """arm -> the arm whose chosen lr it trains at, for arms that take another's (ablation
+    variants): from their records' `tuned_by`, else from the protocol's definition."""
+    arms = paper_protocol().arms
+    borrowed = {}
+    for r in records:
+        other = r.get("tuned_by") or (arms[r["arm"]].tuned_by if r["arm"] in arms else r["arm"])
+        if other != r["arm"]:
+            borrowed[r["arm"]] = other
+    return borrowed
+
+
+def run_shape(record: dict[str, Any]) -> str:
+    """What a run is apart from its task, seed and lr."""
+    return json.dumps([record.get(k) for k in ("method", "targets", "method_options", "settings")], sort_keys=True)
+
+
 def counted_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs the tables use (see the module doc); the last record wins a duplicate."""
+    """The runs the tables use (see the module doc): an arm tuned by a grid, its own or another
+    arm's, counts at that grid's chosen lr only; the last record wins a duplicate. A run the
+    bench found recorded under another arm (same method, targets, options, settings and lr, on a
+    task the arm has records of) also counts for this arm, unless the arm has its own record."""
+    borrowed = borrowed_lrs(records)
     gridded = {r["arm"] for r in records if r.get("stage") == "grid"}
+    lr_of = {arm: chosen[arm]["lr"] for arm in gridded if arm in chosen}
+    lr_of.update({arm: chosen[other]["lr"] for arm, other in borrowed.items() if other in chosen})
+    waiting = gridded | set(borrowed)  # arms counted only at a chosen lr
     kept: dict[tuple[str, str, int], dict[str, Any]] = {}
     for r in records:
-        if r["arm"] in gridded and (r["arm"] not in chosen or lr_text(r["lr"]) != lr_text(chosen[r["arm"]]["lr"])):
+        if r["arm"] in waiting and (r["arm"] not in lr_of or lr_text(r["lr"]) != lr_text(lr_of[r["arm"]])):
             continue
         kept[(r["task"], r["arm"], r["seed"])] = r
+    for arm in set(borrowed) & set(lr_of):
+        own = [r for r in kept.values() if r["arm"] == arm]
+        shapes, tasks = {run_shape(r) for r in own}, {r["task"] for r in own}
+        for r in records:
+            if (r["arm"] != arm and r["task"] in tasks and run_shape(r) in shapes
+                    and lr_text(r["lr"]) == lr_text(lr_of[arm])):
+                kept.setdefault((r["task"], arm, r["seed"]), {**r, "arm": arm, "shared_with": r["arm"]})
     return list(kept.values())
-
-
-def shared_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies, under the arm of a protocol seed run, of records made by another arm with the
-    same run key (the bench does not train such a run twice)."""
-    protocol = paper_protocol()
-    lrs = {arm: c["lr"] for arm, c in chosen.items()}
-    by_key = {run_key(r): r for r in records}
-    found = []
-    for tier in protocol.tiers:
-        for job in seed_jobs(protocol, tier, lrs):
-            record = by_key.get(run_key(job.key_record())) if job.lr is not None else None
-            if record is not None and record["arm"] != job.arm.name:
-                found.append({**record, "arm": job.arm.name, "stage": "seeds", "tier": tier.name})
-    return found
 
 
 def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
@@ -192,7 +203,7 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     """Every table and dots.png into `output`; returns report.md's text."""
     records = read_records(records_path)
     chosen, expected = decided_lrs(records)
-    runs = counted_runs(records, chosen) + shared_runs(records, chosen)
+    runs = counted_runs(records, chosen)
     tasks = list(dict.fromkeys(r["task"] for r in sorted(runs, key=lambda r: r.get("tier", ""))))
     arms = list(dict.fromkeys(r["arm"] for r in records + runs))
     cells = by_cell(runs)

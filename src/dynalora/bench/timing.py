@@ -12,13 +12,14 @@ measured, with the settings they were measured under (task, steps, threads, mode
 arms) in a `context` field apart from the measurement, so the table can be checked and a
 timing that was stopped resumes: a rerun with the same settings keeps the rounds already there
 and measures only the rest. A file holds one set of settings: a rerun with other settings is
-refused before anything runs (`fresh=True`, CLI `--fresh`, moves the file to timing.jsonl.bak
+refused before anything runs (`fresh=True`, CLI `--fresh`, moves the file to timing.jsonl.bak, or .bak.1, .bak.2 ... when taken,
 and starts over; or write to another folder). The settings include the host: figures timed on
 another machine are not mixed in.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -111,7 +112,7 @@ def timing_context(arms: list[str], task: str, steps: int, threads: int, data_di
         if not value:
             return None
         path = Path(value).expanduser()
-        return str(path.resolve()) if path.exists() else value
+        return str(path.resolve() if path.exists() else value)
 
     return {"format": TIMING_FORMAT, "host": socket.gethostname(), "task": task, "steps": steps,
             "threads": threads, "model": where(model) or PACKAGED_MODEL,
@@ -162,9 +163,11 @@ def run_timing(arms: list[str] | None, task: str, repeats: int, steps: int, thre
         paper_protocol().arm(name)  # unknown arm: one-line error before anything runs
     output.mkdir(parents=True, exist_ok=True)
     log, context = output / "timing.jsonl", timing_context(arms, task, steps, threads, data_dir, model)
-    if fresh and log.exists():  # set aside, not deleted: a --fresh run that fails loses nothing
-        log.replace(log.with_name(log.name + ".bak"))
-        print(f"--fresh: the earlier rounds are kept in {log}.bak", flush=True)
+    if fresh and log.exists():  # set aside, never deleted or overwritten: a --fresh run that fails loses nothing
+        backup = next(b for b in (log.with_name(f"{log.name}.bak{f'.{n}' if n else ''}") for n in itertools.count())
+                      if not b.exists())
+        log.replace(backup)
+        print(f"--fresh: the earlier rounds are kept in {backup}", flush=True)
     rounds = [r for r in measured_rounds(log, context) if r["round"] < repeats]
     done = {(r["arm"], r["round"]) for r in rounds}
     if done:

@@ -111,7 +111,7 @@ def add_timing_parser(commands: Any) -> None:
     parser.add_argument("--model", metavar="PATH", help="base model folder (default: the packaged MiniLM)")
     parser.add_argument("--output", default="docs/results/paper", metavar="DIR", help="(default: docs/results/paper)")
     parser.add_argument("--fresh", action="store_true",
-                        help="move timing.jsonl to timing.jsonl.bak and measure every round again (default: "
+                        help="move timing.jsonl to timing.jsonl.bak (.bak.1, ... if taken) and measure every round again (default: "
                              "keep the rounds already there and measure only the rest; rounds measured under "
                              "other settings - task, steps, threads, model, data, arms, host - are refused)")
     parser.set_defaults(func=run_timing)
