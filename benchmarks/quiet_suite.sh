@@ -8,7 +8,8 @@
 #   time_to_target_mrpc_3ep}.json (time_to_target.json: the 2026-11-28 run of SST-2 and 1-epoch MRPC;
 #   compile and 3-epoch MRPC ran alone on 2026-11-28 03:32-04:41 UTC; quiet_suite_part2.log holds the
 #   3-epoch MRPC run and the first, warm-cache compile run (compile_warm_cache.json), not the cold one),
-# each with its own command; the suite's log: benchmarks/results/quiet_suite.log.
+# each with its own command (time_to_target_sst2.json is written by the next run of this script);
+# the suite's log: benchmarks/results/quiet_suite-<UTC time>.log (quiet_suite.log: the 2026-11-28 run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -19,7 +20,7 @@ if [[ "${1:-}" != "--force" ]] && awk -v l="$load" 'BEGIN {exit !(l > 0.5)}'; th
     exit 2
 fi
 export PYTHONPATH=$PWD/src
-log=benchmarks/results/quiet_suite.log
+log=benchmarks/results/quiet_suite-$(date -u +%Y%m%dT%H%MZ).log  # one per run: a rerun never overwrites the log a result cites
 QUIET_NOTE="quiet_suite.sh: started at a 1-minute load average of $load${1:+ ($1)}; load averages during the runs include the benchmark's own processes"
 {
     date -u
