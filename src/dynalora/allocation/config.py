@@ -75,7 +75,11 @@ class DynamicLoraConfig(LoraConfig):
         second moments of grown components at the mean of the existing components' (same
         tensor), so their first updates are no larger than the others'; "zero" is the old
         behaviour (first steps of 1-3 lr, since Adam's step counter is shared). `scaling`
-        never changes on resize, so growing leaves the function unchanged.
+        never changes on resize, so growing leaves the function unchanged. `grow_init="gradient"`
+        points the A rows of grown components along the top right singular vectors of the
+        layer's full-weight gradient outside A's row space, gathered over the step before the
+        reallocation (their first B gradients are then as large as a rank-1 direction allows;
+        "random", the default, keeps the fresh rows as drawn).
     Regulariser (2e). lambda_a ||A||^2 + lambda_b ||B||^2 + lambda_orth (||A A^T - I||^2 +
         ||B^T B - I||^2); off by default: AdamW's decoupled weight decay already acts as the
         L2 terms on A and B, and the SVD shrink re-orthogonalises components at each
@@ -110,6 +114,7 @@ class DynamicLoraConfig(LoraConfig):
     delta_t: int | None = None
     shrink: str = "svd"
     grow_state: str = "seeded"
+    grow_init: str = "random"
     lambda_a: float = 0.0
     lambda_b: float = 0.0
     lambda_orth: float = 0.0
@@ -148,6 +153,7 @@ class DynamicLoraConfig(LoraConfig):
         _check_schedule(self, ("t_warmup", "t_final", "delta_t"))
         _check_choice(self, "shrink", ("svd", "importance"))
         _check_choice(self, "grow_state", ("seeded", "zero"))
+        _check_choice(self, "grow_init", ("random", "gradient"))
         for name in ("lambda_a", "lambda_b", "lambda_orth"):
             check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
 

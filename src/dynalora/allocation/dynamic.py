@@ -22,6 +22,7 @@ import torch
 from dynalora.adapters.config import check
 from dynalora.allocation.config import DynamicLoraConfig
 from dynalora.allocation.controller_base import AllocationController
+from dynalora.allocation.grow_init import GradientProbe, informed_rows
 from dynalora.allocation.lr_scale import LearningRateScaler
 from dynalora.allocation.ranks import (
     adapter_parameters,
@@ -61,19 +62,23 @@ class DynamicLoraController(AllocationController):
         self._lr_scaler = LearningRateScaler(list(self.adapters.values()), lambda: self.weights,
                                              self._scales_learning_rates)
         self.stats: InputStatistics | None = None
+        self.probe: GradientProbe | None = None
+        layers = self.model.lora_layers()
         if cfg.beta > 0:  # the statistic only matters to the rank rule when beta > 0
-            layers = self.model.lora_layers()
             self.stats = InputStatistics(self.model.base_model, {name: layers[name] for name in self.names},
                                          cfg.stats_max_tokens)
-            self._set_hooks_for(self.step + 1)
+        if cfg.grow_init == "gradient" and cfg.reallocations:
+            self.probe = GradientProbe({name: layers[name] for name in self.names})
+        self._set_hooks_for(self.step + 1)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         super().attach_optimizer(optimizer)
         self._lr_scaler.attach(optimizer)
 
     def remove_hooks(self) -> None:
-        if self.stats is not None:
-            self.stats.detach()
+        for hooks in (self.stats, self.probe):
+            if hooks is not None:
+                hooks.detach()
         self._lr_scaler.detach()
 
     def _scales_learning_rates(self) -> bool:
@@ -84,8 +89,9 @@ class DynamicLoraController(AllocationController):
     def _step(self, t: int) -> dict[str, Any] | None:
         cfg = self.config
         warmup, final, delta = self.schedule
-        if self.stats is not None:
-            self.stats.detach()
+        for hooks in (self.stats, self.probe):
+            if hooks is not None:
+                hooks.detach()
         record = None
         if t <= final:
             self._track_importance()
@@ -97,12 +103,15 @@ class DynamicLoraController(AllocationController):
         return record
 
     def _set_hooks_for(self, t: int) -> None:
-        """Attach the statistics hooks when the forward of step `t` is to be sampled."""
-        if self.stats is None:
-            return
+        """Attach the statistics hooks when the forward of step `t` is to be sampled, and the
+        gradient probe when step `t` ends in a reallocation."""
         final = self._schedule[1] if self._schedule is not None else None
-        if (t - 1) % self.config.stats_every == 0 and (final is None or t <= final):
+        if self.stats is not None and (t - 1) % self.config.stats_every == 0 and (final is None or t <= final):
             self.stats.attach()
+        if self.probe is not None and self._schedule is not None:
+            warmup, final, delta = self._schedule
+            if warmup < t <= final and (t - warmup) % delta == 0:
+                self.probe.attach()
 
     def _index(self, present: list[int]) -> torch.Tensor:
         key = tuple(present)
@@ -170,10 +179,18 @@ class DynamicLoraController(AllocationController):
         # Fresh components come from a generator seeded by the step: the same in every process
         # and in a resumed run, and the training RNG stream is left alone.
         generator = torch.Generator().manual_seed(GROWTH_SEED + self.step)
+        grads = self.probe.take() if self.probe is not None else {}
         for (name, adapter), r in zip(self.adapters.items(), ranks):
+            direct = None
+            if r > adapter.r and self.probe is not None:  # every process turns its rows by the same mean gradient
+                mine = grads.get(name)
+                if mine is None:  # this process saw no training forward of the layer: it adds nothing
+                    mine = torch.zeros(adapter.out_features, adapter.in_features, device=self.device)
+                grad, A = self.reduce(mine.to(self.device)), adapter.lora_A
+                direct = lambda rows, grad=grad, A=A: informed_rows(grad, A, rows)  # noqa: E731
             if r != adapter.r:
                 results[name] = resize_adapter(adapter, r, cfg.shrink, self._optimizer_for_resize(),
-                                               seed=cfg.grow_state == "seeded", generator=generator)
+                                               seed=cfg.grow_state == "seeded", generator=generator, direct=direct)
         self._after_resize()
         score = self.score().detach().cpu().tolist()
         record = {

@@ -135,11 +135,13 @@ def _replace(owner: nn.Module, attr: str, value: torch.Tensor,
 def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor | None = None,
                         grow: int = 0, optimizer: torch.optim.Optimizer | None = None,
                         values: tuple[torch.Tensor, torch.Tensor] | None = None, seed: bool = True,
-                        generator: torch.Generator | None = None) -> None:
+                        generator: torch.Generator | None = None,
+                        direct: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """A <- [M A; fresh], B <- [B N, 0], gates <- [M g; open], optimizer state alike.
 
     seed: second moments of new components start at the kept components' mean (else 0).
     generator: where fresh A rows are drawn from (None: torch's global RNG).
+    direct: maps the fresh random rows to the rows used (e.g. `grow_init.informed_rows`).
     `values` = (A_kept, B_kept) replaces M A and B N for the parameters themselves when the
     caller has them more accurately (the SVD shrink); the maps still move optimizer state.
     """
@@ -168,6 +170,8 @@ def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor |
         # Fresh rows drawn as if the adapter were created at the new rank (the Gaussian init's
         # std depends on the rank), then the last `grow` of them taken.
         fresh = adapter.new_A_rows(r_new, like=adapter.lora_A, generator=generator)[r_new - grow:] if grow else A_kept[:0]
+        if direct is not None and grow:
+            fresh = direct(fresh)
         A = torch.cat([A_kept.to(adapter.lora_A.dtype), fresh])
         B = torch.cat([B_kept.to(adapter.lora_B.dtype), adapter.lora_B.new_zeros(adapter.out_features, grow)], dim=1)
         _replace(adapter, "lora_A", A, optimizer, row_map)
@@ -182,8 +186,10 @@ def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor |
 
 
 def grow_adapter(adapter: LoraAdapter, n: int, optimizer: torch.optim.Optimizer | None = None,
-                 seed: bool = True, generator: torch.Generator | None = None) -> ResizeResult:
-    """Append `n` components (A rows random, B columns zero): the output does not change.
+                 seed: bool = True, generator: torch.Generator | None = None,
+                 direct: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ResizeResult:
+    """Append `n` components (A rows random, or as `direct` maps them; B columns zero): the
+    output does not change.
 
     seed: Adam second moments of the new components start at the existing ones' mean."""
     if n < 0:
@@ -192,7 +198,7 @@ def grow_adapter(adapter: LoraAdapter, n: int, optimizer: torch.optim.Optimizer 
     if n == 0:
         return ResizeResult(r, r)
     eye = torch.eye(r, device=adapter.lora_A.device)
-    apply_component_map(adapter, eye, eye, grow=n, optimizer=optimizer, seed=seed, generator=generator)
+    apply_component_map(adapter, eye, eye, grow=n, optimizer=optimizer, seed=seed, generator=generator, direct=direct)
     return ResizeResult(r, r + n)
 
 
@@ -261,10 +267,11 @@ def shrink_adapter(adapter: LoraAdapter, r: int, method: str = "svd",
 
 def resize_adapter(adapter: LoraAdapter, r: int, method: str = "svd",
                    optimizer: torch.optim.Optimizer | None = None, seed: bool = True,
-                   generator: torch.Generator | None = None) -> ResizeResult:
+                   generator: torch.Generator | None = None,
+                   direct: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ResizeResult:
     """Grow or shrink to rank `r` (0 allowed), keeping the optimizer consistent."""
     if r < 0:
         raise ValueError(f"rank must be >= 0, got {r}")
     if r >= adapter.r:
-        return grow_adapter(adapter, r - adapter.r, optimizer, seed, generator)
+        return grow_adapter(adapter, r - adapter.r, optimizer, seed, generator, direct)
     return shrink_adapter(adapter, r, method, optimizer)

@@ -1,0 +1,89 @@
+"""Informed directions for grown components (`grow_init="gradient"`; docs/method.md).
+
+A component added when a layer grows starts with b_i = 0, so the adapter's function does not
+change; how fast it then learns is set by its row a_i of A: the first gradient of b_i is
+s * G a_i, where G = dL/dW is the gradient of the layer's full weight (out x in). A random a_i
+catches a random share of G. The top right singular vectors of G, taken outside the span of
+the rows A already has, catch the most of what the layer still has to learn and its current
+components do not cover (the idea behind gradient-based LoRA initialisations, applied here to
+grown components only).
+
+G is gathered over the one training step that ends in a reallocation: a forward hook on each
+adapted layer keeps its input x, and a hook on the gradient of its output folds g^T x into
+G (padding rows carry zero output gradient, so they add nothing). The new rows keep the norms
+of the random rows they replace, so only their directions are informed, and the random draw
+still happens (the generator's stream, and so everything drawn after it, is unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+class GradientProbe:
+    """Full-weight gradients G_l = sum over tokens of g^T x for a set of layers, gathered by
+    hooks that exist only while attached (one training step before each reallocation)."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        self.layers = dict(layers)
+        self.grads: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self.layers.items()]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The gradients gathered so far, and a fresh start."""
+        grads, self.grads = self.grads, {}
+        return grads
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if not (module.training and torch.is_grad_enabled()) or not args:
+                return
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            x = args[0].detach()
+
+            def fold(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    g = grad.reshape(-1, grad.shape[-1]).float()
+                    part = g.T @ x.reshape(-1, x.shape[-1]).float()
+                    self.grads[name] = part if name not in self.grads else self.grads[name] + part
+
+            output.register_hook(fold)
+        return hook
+
+
+def informed_rows(grad: torch.Tensor, A: torch.Tensor, random_rows: torch.Tensor) -> torch.Tensor:
+    """`random_rows` (n x in) turned towards the top-n right singular vectors of `grad` (out x in)
+    outside the row space of `A` (r x in), each keeping its norm; rows beyond the rank of what is
+    left of `grad` stay random."""
+    n = random_rows.shape[0]
+    if n == 0:
+        return random_rows
+    with torch.no_grad():
+        G = grad.to(device=random_rows.device, dtype=torch.float32)
+        if A.shape[0]:
+            q, _ = torch.linalg.qr(A.detach().to(G).T)  # in x r, orthonormal basis of A's rows
+            G = G - (G @ q) @ q.T
+        _, s, vh = torch.linalg.svd(G, full_matrices=False)
+        useful = int((s > s.max() * 1e-6).sum()) if s.numel() and float(s.max()) > 0 else 0
+        k = min(n, useful)
+        rows = random_rows.clone()
+        if k:
+            norms = random_rows[:k].float().norm(dim=1, keepdim=True)
+            rows[:k] = (vh[:k] * norms).to(rows.dtype)
+    return rows
