@@ -195,15 +195,22 @@ def test_gradient_accumulation_gives_the_same_allocation():
         assert h1["variance"] == pytest.approx(h2["variance"], rel=1e-6)  # float32 activations
 
 
-def test_resume_from_a_checkpoint_matches_an_uninterrupted_run():
+@pytest.mark.parametrize("grow_init", ["random", "gradient"])
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(grow_init):
+    """Also when the checkpoint falls just before a reallocation step, whose gradient the
+    resumed run must probe (grow_init="gradient", without the input statistic) as the
+    uninterrupted one did."""
+    options = {"grow_init": grow_init, **({"beta": 0.0} if grow_init == "gradient" else {})}
     batches = bert_batches(24)
     torch.manual_seed(7)
-    model, opt, controller = bert_controller()
+    model, opt, controller = bert_controller(**options)
     run_steps(model, controller, opt, batches)
+    split = controller.history[1]["step"] - 1 if grow_init == "gradient" else 10
+    assert any(res for h in controller.history for res in h["changed"].values() if res[1] > res[0])  # something grew
 
     torch.manual_seed(7)
-    model_a, opt_a, c_a = bert_controller()
-    run_steps(model_a, c_a, opt_a, batches[:10])
+    model_a, opt_a, c_a = bert_controller(**options)
+    run_steps(model_a, c_a, opt_a, batches[:split])
     saved = json.loads(json.dumps(c_a.state_dict()))  # plain data
     model_state = copy.deepcopy(model_a.state_dict())
     opt_state = copy.deepcopy(opt_a.state_dict())
@@ -212,7 +219,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run():
 
     # The same pretrained base (a model's state_dict() holds the adapters and the modules to
     # save, not the frozen base weights), every trained tensor elsewhere: they must all come back.
-    model_b, opt_b, c_b = bert_controller()
+    model_b, opt_b, c_b = bert_controller(**options)
     with torch.no_grad():
         for p in trainable(model_b):
             p.normal_()
@@ -220,7 +227,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run():
     model_b.load_state_dict(model_state)
     opt_b.load_state_dict(opt_state)
     torch.set_rng_state(rng)
-    run_steps(model_b, c_b, opt_b, batches[10:])
+    run_steps(model_b, c_b, opt_b, batches[split:])
     assert model_b.ranks() == model.ranks()
     assert torch.equal(c_b.weights, controller.weights)
     assert c_b.history == controller.history

@@ -236,7 +236,10 @@ class DynamicLoraController(AllocationController):
         if self.stats is not None and state.get("stats") is not None:
             self.stats.detach()
             self.stats.load_state_dict(state["stats"])
-            self._set_hooks_for(self.step + 1)
+        if self.probe is not None:  # a state saved just before a reallocation step probes that step
+            self.probe.detach()
+            self.probe.take()
+        self._set_hooks_for(self.step + 1)
 
     def summary(self) -> dict[str, Any]:
         """Reallocations, layer resizes, final ranks by module type, the weights' range."""
