@@ -31,8 +31,10 @@ from dynalora.training import TrainConfig, train
 from dynalora.training.checkpoint import latest_checkpoint
 
 # reallocating at steps 5, 8, 11, ... of the 36-step run; dropout on, so each process's
-# random streams differ and fresh adapter rows must be made the same everywhere
-DYNAMIC = {"method": "dynamic", "method_options": {"t_warmup": 2, "delta_t": 3, "t_final": 30, "stats_every": 2},
+# random streams differ and fresh adapter rows must be made the same everywhere (drawn from
+# the step's generator, then turned by the gradient that every process reduces alike)
+DYNAMIC = {"method": "dynamic", "method_options": {"t_warmup": 2, "delta_t": 3, "t_final": 30, "stats_every": 2,
+                                                   "grow_init": "gradient"},
            "dropout": 0.1, "head_dropout": 0.1, "checkpoint_every": 4}
 # a batch of 7 leaves a last batch of 5 (3 + 2 rows), and accumulation spans two of them
 LORA = {"method": "lora", "batch_size": 7, "grad_accum": 2}
