@@ -21,8 +21,8 @@ import torch
 
 from dynalora.adapters.config import check
 from dynalora.allocation.config import DynamicLoraConfig
-from dynalora.allocation.controller_base import AllocationController
-from dynalora.allocation.grow_init import GradientProbe, informed_rows
+from dynalora.allocation.controller_base import AllocationController, no_reduce
+from dynalora.allocation.grow_init import GradientProbe, informed_rows, mean_over_processes
 from dynalora.allocation.lr_scale import LearningRateScaler
 from dynalora.allocation.ranks import (
     adapter_parameters,
@@ -75,6 +75,10 @@ class DynamicLoraController(AllocationController):
         super().attach_optimizer(optimizer)
         self._lr_scaler.attach(optimizer)
 
+    def set_total_steps(self, total_steps: int) -> None:
+        super().set_total_steps(total_steps)
+        self._set_hooks_for(self.step + 1)  # the schedule is known now: step 1 may be a reallocation
+
     def remove_hooks(self) -> None:
         for hooks in (self.stats, self.probe):
             if hooks is not None:
@@ -111,7 +115,7 @@ class DynamicLoraController(AllocationController):
         if self.probe is not None and self._schedule is not None:
             warmup, final, delta = self._schedule
             if warmup < t <= final and (t - warmup) % delta == 0:
-                self.probe.attach()
+                self.probe.attach(seed=GROWTH_SEED + t)
 
     def _index(self, present: list[int]) -> torch.Tensor:
         key = tuple(present)
@@ -185,8 +189,12 @@ class DynamicLoraController(AllocationController):
             if r > adapter.r and self.probe is not None:  # every process turns its rows by the same mean gradient
                 mine = grads.get(name)
                 if mine is None:  # this process saw no training forward of the layer: it adds nothing
-                    mine = torch.zeros(adapter.out_features, adapter.in_features, device=self.device)
-                grad, A = self.reduce(mine.to(self.device)), adapter.lora_A
+                    rows = self.probe.sketches[name].shape[1] if name in self.probe.sketches else adapter.out_features
+                    mine = torch.zeros(rows, adapter.in_features, device=self.device)
+                # The gradient of the global batch: a caller's reduce, else an all-reduce mean when
+                # torch.distributed runs (without it each process would grow different rows).
+                mean = mean_over_processes if self.reduce is no_reduce else self.reduce
+                grad, A = mean(mine.to(self.device)), adapter.lora_A
                 direct = lambda rows, grad=grad, A=A: informed_rows(grad, A, rows)  # noqa: E731
             if r != adapter.r:
                 results[name] = resize_adapter(adapter, r, cfg.shrink, self._optimizer_for_resize(),

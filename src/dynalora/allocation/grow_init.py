@@ -10,9 +10,15 @@ grown components only).
 
 G is gathered over the one training step that ends in a reallocation: a forward hook on each
 adapted layer keeps its input x, and a hook on the gradient of its output folds g^T x into
-G (padding rows carry zero output gradient, so they add nothing). The new rows keep the norms
-of the random rows they replace, so only their directions are informed, and the random draw
-still happens (the generator's stream, and so everything drawn after it, is unchanged).
+G (padding rows carry zero output gradient, so they add nothing). A layer with more outputs
+than SKETCH rows keeps a sketch Omega^T G instead (Omega: out x SKETCH Gaussian, the same in every
+process): its top right singular vectors are those of G up to the usual randomized-SVD error,
+at a fraction of the memory (a 4096 x 4096 projection keeps 96 x 4096). The new rows keep the
+norms of the random rows they replace, so only their directions are informed, and the random
+draw still happens (the generator's stream, and so everything drawn after it, is unchanged).
+A layer whose output needs no gradient (at rank 0 below anything trainable) gets no G and
+grows with random rows; so does every layer after a step with non-finite gradients (an fp16
+step the loss scaler skipped).
 """
 
 from __future__ import annotations
@@ -21,23 +27,35 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+SKETCH = 96  # rows kept per layer: enough for any growth up to r_max = 4 r at r <= 16, with margin
+
 
 class GradientProbe:
-    """Full-weight gradients G_l = sum over tokens of g^T x for a set of layers, gathered by
-    hooks that exist only while attached (one training step before each reallocation)."""
+    """Full-weight gradients G_l = sum over tokens of g^T x (or sketches Omega_l^T G_l) for a
+    set of layers, gathered by hooks that exist only while attached (one training step before
+    each reallocation)."""
 
     def __init__(self, layers: dict[str, nn.Module]) -> None:
         self.layers = dict(layers)
         self.grads: dict[str, torch.Tensor] = {}
+        self.sketches: dict[str, torch.Tensor] = {}  # Omega per sketched layer, for this step
         self._handles: list[RemovableHandle] = []
 
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> None:
-        if not self._handles:
-            self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self.layers.items()]
+    def attach(self, seed: int = 0) -> None:
+        """Hook the layers; `seed` (the step) draws the sketches, alike in every process."""
+        if self._handles:
+            return
+        generator = torch.Generator().manual_seed(seed)
+        self.sketches = {}
+        for name, module in self.layers.items():
+            out = int(getattr(module, "out_features", 0))
+            if out > SKETCH:
+                self.sketches[name] = torch.randn(out, SKETCH, generator=generator) / SKETCH ** 0.5
+        self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self.layers.items()]
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -58,8 +76,11 @@ class GradientProbe:
             x = args[0].detach()
 
             def fold(grad: torch.Tensor) -> None:
-                with torch.no_grad():
+                # float32 whatever autocast is active around the backward (fp16 sums overflow)
+                with torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
                     g = grad.reshape(-1, grad.shape[-1]).float()
+                    if name in self.sketches:
+                        g = g @ self.sketches[name].to(g.device)
                     part = g.T @ x.reshape(-1, x.shape[-1]).float()
                     self.grads[name] = part if name not in self.grads else self.grads[name] + part
 
@@ -67,17 +88,33 @@ class GradientProbe:
         return hook
 
 
+def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of `tensor` over the processes of an initialised torch.distributed group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
 def informed_rows(grad: torch.Tensor, A: torch.Tensor, random_rows: torch.Tensor) -> torch.Tensor:
-    """`random_rows` (n x in) turned towards the top-n right singular vectors of `grad` (out x in)
-    outside the row space of `A` (r x in), each keeping its norm; rows beyond the rank of what is
-    left of `grad` stay random."""
+    """`random_rows` (n x in) turned towards the top-n right singular vectors of `grad` (out x in,
+    or a sketch of it) outside the row space of `A` (r x in), each keeping its norm; rows beyond
+    the rank of what is left of `grad`, or all of them when `grad` is not finite, stay random."""
     n = random_rows.shape[0]
     if n == 0:
         return random_rows
     with torch.no_grad():
         G = grad.to(device=random_rows.device, dtype=torch.float32)
+        if not bool(torch.isfinite(G).all()):  # every process sees the same reduced G: all agree
+            return random_rows
         if A.shape[0]:
-            q, _ = torch.linalg.qr(A.detach().to(G).T)  # in x r, orthonormal basis of A's rows
+            # Orthonormal basis of A's row space from its SVD, so that dependent or zero rows
+            # of A do not remove directions A does not have (QR would).
+            _, sa, va = torch.linalg.svd(A.detach().to(G), full_matrices=False)
+            q = va[sa > sa.max() * 1e-6].T if sa.numel() and float(sa.max()) > 0 else G.new_zeros(G.shape[1], 0)
             G = G - (G @ q) @ q.T
         _, s, vh = torch.linalg.svd(G, full_matrices=False)
         useful = int((s > s.max() * 1e-6).sum()) if s.numel() and float(s.max()) > 0 else 0
