@@ -89,6 +89,7 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
                   "trainable_params", "wall_s", "epochs_run", "best_step", "command", "machine", "curve"):
         assert field in record, field
     assert record["resumed"] is False and record["allocation"] is None  # LoRA allocates nothing
+    assert record["method_config"]["r"] == 4 and "rank_pattern" not in record["method_config"]  # defaults included
     assert record["command"].startswith("dynalora train --task sst2 --method lora --seed 0 --lr ")
     assert "--selection split" in record["command"] and set(record["dev"]) >= {"glue", "accuracy"}
     chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
@@ -381,3 +382,19 @@ def test_an_ablation_variant_at_loras_lr_reuses_dynamics_grid_run(tmp_path):
     bad.write_text("variants:\n  x: {lr_from: [lora]}\n")
     with pytest.raises(ConfigError, match="variant 'x': lr_from \\['lora'\\] is not an arm"):
         paper_protocol(bad)
+
+
+def test_report_warns_when_an_arms_runs_were_trained_under_different_defaults(tmp_path):
+    """A run's key holds only explicit options: records made before and after a default changed
+    share it. The report finds them from `method_config` (fields all of them recorded) and says so;
+    the warning goes once the records agree again."""
+    path = tmp_path / "runs.jsonl"
+    for seed, w_min in ((0, 0.5), (1, 0.25)):
+        append_record(path, {**hand_record("mrpc", "mine", seed, 0.8),
+                             "method_config": {"r": 8, "w_min": w_min, **({"grow_init": "random"} if seed else {})}})
+    append_record(path, hand_record("mrpc", "mine", 2, 0.8))  # an older record without method_config
+    text = write_report(path, tmp_path / "report")
+    assert "| mine | w_min | 0.25 / 0.5 |" in text and "grow_init" not in text
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if '"seed": 1' not in line))
+    assert "Warning" not in write_report(path, tmp_path / "report")
+    assert not (tmp_path / "report" / "config_conflicts.csv").exists()

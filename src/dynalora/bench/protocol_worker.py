@@ -53,6 +53,18 @@ def eval_curve(folder: Path) -> list[list[float]]:
     return curve
 
 
+def method_config(run: Path) -> dict[str, Any] | None:
+    """Every field of the adapter config the run trained with, defaults included (not the
+    per-layer rank/alpha patterns the run produced). A run's key holds only the options given
+    explicitly, so this is what shows, in the report, an arm whose runs were trained under
+    different defaults (records made before and after a default changed)."""
+    path = run / "best" / "dynalora_config.json"
+    if not path.is_file():  # methods saved in another format (PEFT AdaLoRA, full, head, ...)
+        return None
+    config = json.loads(path.read_text()).get("config") or {}
+    return {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}
+
+
 def majority_dev_score(config: Any) -> float:
     """Dev GLUE score of always answering the training set's most common class (regression: 0,
     the correlation of a constant prediction taken as none)."""
@@ -108,6 +120,7 @@ def main(folder: str) -> None:
         "steps": metrics["steps"], "best_step": metrics["best_step"], "best_epoch": metrics["best_epoch"],
         "stopped_early": metrics["stopped_early"], "curve": eval_curve(run),
         "allocation": metrics.get("allocation"),  # dynamic / rank1: resizes, final ranks by module type, weights
+        "method_config": method_config(run),
         "command": train_command({k: v for k, v in job["train"].items() if k not in ("output", "progress")}),
         "machine": machine_info(str(device)),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

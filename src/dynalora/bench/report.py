@@ -86,6 +86,20 @@ def counted_runs(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]
     return list(kept.values())
 
 
+def config_conflicts(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    """(arm, field, values) wherever an arm's counted runs recorded different values of a method
+    config field that all of them recorded (`method_config`; older records lack it)."""
+    rows = []
+    for arm in arms:
+        configs = [r["method_config"] for r in runs if r["arm"] == arm and isinstance(r.get("method_config"), dict)]
+        shared = set.intersection(*(set(c) for c in configs)) if configs else set()
+        for key in sorted(shared):
+            values = sorted({json.dumps(c[key], sort_keys=True) for c in configs})
+            if len(values) > 1:
+                rows.append({"arm": arm, "field": key, "values": " / ".join(values)})
+    return rows
+
+
 def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
     """(task, arm) -> {seed: dev GLUE score in points}."""
     cells: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
@@ -230,6 +244,13 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)"], output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
+    conflicts = config_conflicts(runs, arms)
+    for stale in (output / "config_conflicts.csv", output / "config_conflicts.md"):
+        stale.unlink(missing_ok=True)  # a warning of an earlier report that no longer holds
+    if conflicts:
+        parts.append(write_table(conflicts, ["arm", "field", "values"], output / "config_conflicts",
+                                 title="Warning: an arm's runs were trained under different method settings "
+                                       "(a default changed between records); its figures mix them"))
     if runs:  # nothing to plot while every grid is incomplete
         dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
                  output / "dots.png")
