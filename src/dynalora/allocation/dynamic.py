@@ -92,7 +92,7 @@ class DynamicLoraController(AllocationController):
     # -- the step ---------------------------------------------------------------------------
     def _step(self, t: int) -> dict[str, Any] | None:
         cfg = self.config
-        warmup, final, delta = self.schedule
+        warmup, final, _ = self.schedule
         for hooks in (self.stats, self.probe):
             if hooks is not None:
                 hooks.detach()
@@ -101,7 +101,7 @@ class DynamicLoraController(AllocationController):
             self._track_importance()
             if t > warmup and cfg.weighting != "off":
                 self._move_weights(refresh=(t - warmup - 1) % cfg.weight_every == 0)
-            if cfg.reallocations and t > warmup and (t - warmup) % delta == 0:
+            if self._reallocates_at(t):
                 record = self._reallocate()
         self._set_hooks_for(t + 1)
         return record
@@ -112,10 +112,13 @@ class DynamicLoraController(AllocationController):
         final = self._schedule[1] if self._schedule is not None else None
         if self.stats is not None and (t - 1) % self.config.stats_every == 0 and (final is None or t <= final):
             self.stats.attach()
-        if self.probe is not None and self._schedule is not None:
-            warmup, final, delta = self._schedule
-            if warmup < t <= final and (t - warmup) % delta == 0:
-                self.probe.attach(seed=GROWTH_SEED + t)
+        if self.probe is not None and self._schedule is not None and self._reallocates_at(t):
+            self.probe.attach(seed=GROWTH_SEED + t)
+
+    def _reallocates_at(self, t: int) -> bool:
+        """Whether step `t` ends in a reallocation (the schedule must be resolved)."""
+        warmup, final, delta = self.schedule
+        return bool(self.config.reallocations) and warmup < t <= final and (t - warmup) % delta == 0
 
     def _index(self, present: list[int]) -> torch.Tensor:
         key = tuple(present)

@@ -5,8 +5,8 @@ grid records, as the bench chose it); for an arm without grid records (ablation 
 all its runs, except that a variant tuned by another arm's grid (`tuned_by`) counts at that
 arm's chosen lr. One run per (task, arm, seed). A run the bench found already recorded under
 another arm (the same run: e.g. an ablation variant at LoRA's lr, whose seed-0 MRPC run is
-dynamic's grid run at that lr) counts for both arms, as the bench counts it done for both. Every figure is the dev GLUE score of the model
-chosen on the selection split, in points (x100).
+dynamic's grid run at that lr) counts for both arms, as the bench counts it done for both.
+Every figure is the dev GLUE score of the model chosen on the selection split, in points (x100).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     chosen, expected = decided_lrs(records)
     runs = counted_runs(records, chosen)
     tasks = list(dict.fromkeys(r["task"] for r in sorted(runs, key=lambda r: r.get("tier", ""))))
-    arms = list(dict.fromkeys(r["arm"] for r in records + runs))
+    arms = list(dict.fromkeys(r["arm"] for r in records))  # a shared run's arm has records of its own
     cells = by_cell(runs)
     output.mkdir(parents=True, exist_ok=True)
     metric_note = "; ".join(f"{t}: {glue_metric_name(t)}" for t in tasks)
