@@ -5,7 +5,6 @@ the loss must lose budget without any weight pinned at a clamp, a stationary pro
 settle, and the importance must not feed back on the layer's own weight or rank.
 """
 
-import itertools
 
 import torch
 from allocation_helpers import (
@@ -20,6 +19,7 @@ from allocation_helpers import (
 
 from dynalora import LoraConfig, get_lora_model
 from dynalora.allocation import AllocationController, DynamicLoraConfig, grow_adapter
+from dynalora.allocation.controller_base import direction_changes
 from dynalora.allocation.grow_init import informed_rows
 from dynalora.allocation.scores import layer_gradient, layer_importance, layer_sensitivity
 
@@ -45,11 +45,6 @@ def test_the_only_layer_that_matters_gets_the_larger_rank_and_no_weight_sits_at_
     assert controller.summary()["parameters"] == controller.budget
 
 
-def direction_changes(ranks: list[int]) -> int:
-    steps = [b - a for a, b in itertools.pairwise(ranks) if b != a]
-    return sum(1 for s, t in itertools.pairwise(steps) if (s > 0) != (t > 0))
-
-
 def test_ranks_settle_on_a_stationary_problem():
     names = [f"layers.{i}" for i in range(6)]
     uses = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]
@@ -59,6 +54,7 @@ def test_ranks_settle_on_a_stationary_problem():
         for name in names:
             after_first = [h["ranks"][name] for h in controller.history]
             assert direction_changes(after_first) <= 1, (seed, name, after_first)
+        assert controller.summary()["reversals"]["mean_per_layer"] <= 0.5  # from the initial rank on
         ranks = model.ranks()
         assert ranks["layers.0"] > 4 > ranks["layers.5"]  # and the budget went where it matters
         w = controller.weights.tolist()
@@ -74,6 +70,11 @@ def test_ranks_settle_on_a_stationary_problem():
     assert float(controller.weights[0]) > 1.2
 
 
+def test_direction_changes_count_turns_not_pauses():
+    assert direction_changes([8, 12, 12, 10, 14]) == 2
+    assert direction_changes([8, 8, 9, 10, 10]) == 0 and direction_changes([]) == 0
+
+
 def test_paper_literal_settings_flap_on_the_same_problem():
     # What the defaults fix: element-mean importance, weights in the forward, 12 reallocations.
     names = [f"layers.{i}" for i in range(6)]
@@ -83,6 +84,7 @@ def test_paper_literal_settings_flap_on_the_same_problem():
     _, controller, _ = toy_training(ParallelToy([1.0, 0.8, 0.5, 0.3, 0.1, 0.0]), paper, 200)
     flaps = [direction_changes([h["ranks"][n] for h in controller.history]) for n in names]
     assert max(flaps) >= 3
+    assert controller.reversals()["mean_per_layer"] >= 1.5 and controller.reversals()["share_of_layers"] >= 0.5
 
 
 def one_backward(model, x):

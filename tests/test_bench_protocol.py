@@ -398,3 +398,15 @@ def test_report_warns_when_an_arms_runs_were_trained_under_different_defaults(tm
     path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if '"seed": 1' not in line))
     assert "Warning" not in write_report(path, tmp_path / "report")
     assert not (tmp_path / "report" / "config_conflicts.csv").exists()
+
+
+def test_report_shows_where_the_rank_changing_arms_put_their_budget(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    for seed, (q, ffn, turns) in enumerate(((6, 10, 0.5), (4, 12, 0.0))):
+        append_record(path, {**hand_record("cola", "mine", seed, 0.3), "allocation": {
+            "ranks_by_type": {"query": {"mean": q}, "ffn": {"mean": ffn}}, "resizes": 10 + seed,
+            "reversals": {"mean_per_layer": turns}, "weight_min": 0.6 + seed / 10, "weight_max": 2.0 - seed}})
+    append_record(path, {**hand_record("cola", "plain", 0, 0.3), "allocation": None})  # LoRA: no allocation
+    text = write_report(path, tmp_path / "report")
+    assert "| mine | cola | 2 | 11.0 | 5.0 | 10 | 0.25 (n=2) | 0.60-2.00 |" in text
+    assert "| plain | cola |" not in text.split("## Allocation")[1]

@@ -36,6 +36,7 @@ state dict, then the optimizer's.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -51,6 +52,12 @@ from dynalora.allocation.scores import regulariser
 
 STATE_VERSION = 2
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def direction_changes(ranks: list[int]) -> int:
+    """How often a sequence of ranks changes direction, ignoring steps where it stays."""
+    steps = [b - a for a, b in itertools.pairwise(ranks) if b != a]
+    return sum(1 for s, t in itertools.pairwise(steps) if (s > 0) != (t > 0))
 
 
 def no_reduce(tensor: torch.Tensor) -> torch.Tensor:
@@ -254,6 +261,22 @@ class AllocationController:
             groups.setdefault(module_type(name), []).append(r)
         return {kind: {"layers": len(rs), "min": min(rs), "max": max(rs), "mean": round(sum(rs) / len(rs), 3),
                        "total": sum(rs)} for kind, rs in sorted(groups.items())}
+
+    def rank_paths(self) -> dict[str, list[int]]:
+        """Each layer's rank before the first reallocation, then after each one."""
+        paths = {}
+        for name, rank in self.ranks().items():
+            start = next((h["changed"][name][0] for h in self.history if name in h.get("changed", {})), rank)
+            paths[name] = [start, *(h["ranks"][name] for h in self.history if "ranks" in h)]
+        return paths
+
+    def reversals(self) -> dict[str, float]:
+        """How often ranks turned back: per layer, the changes of direction of its rank path
+        (8 -> 12 -> 10 is one); the mean over layers and the share of layers that turned at all.
+        Allocation that settles keeps both near 0; flapping ranks (grow, shrink, grow) do not."""
+        turns = [direction_changes(path) for path in self.rank_paths().values()]
+        return {"mean_per_layer": round(sum(turns) / len(turns), 3),
+                "share_of_layers": round(sum(t > 0 for t in turns) / len(turns), 3)}
 
     def resizes(self) -> int:
         """How many layer resizes the run made (a layer changing rank once counts one)."""

@@ -253,12 +253,13 @@ class DynamicLoraController(AllocationController):
         self._set_hooks_for(self.step + 1)
 
     def summary(self) -> dict[str, Any]:
-        """Reallocations, layer resizes, final ranks by module type, the weights' range."""
+        """Reallocations, layer resizes and rank reversals, final ranks by module type, the weights' range."""
         w = self.weights.detach().cpu()
         return {
             "method": self.method,
             "reallocations": len(self.history),
             "resizes": self.resizes(),
+            "reversals": self.reversals(),
             "parameters": adapter_parameters(list(self.ranks().values()), self.costs),
             "budget": self.budget,
             "ranks_by_type": self.ranks_by_type(),

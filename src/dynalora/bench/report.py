@@ -213,6 +213,32 @@ def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, A
     return rows
 
 
+def allocation_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Where the rank-changing arms put their budget, per task: the final mean rank of each
+    module type (a rank costs d_in + d_out parameters, so an FFN rank costs more than an
+    attention one), layer resizes, rank reversals per layer (records that carry them) and
+    the weights' range. Returns the rows and the module-type columns."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if (r.get("allocation") or {}).get("ranks_by_type"):
+            groups[(r["arm"], r["task"])].append(r["allocation"])
+    kinds = sorted({k for allocations in groups.values() for a in allocations for k in a["ranks_by_type"]})
+    rows = []
+    for (arm, task), allocations in groups.items():
+        row: dict[str, Any] = {"arm": arm, "task": task, "runs": len(allocations)}
+        for kind in kinds:
+            means = [a["ranks_by_type"][kind]["mean"] for a in allocations if kind in a["ranks_by_type"]]
+            row[kind] = f"{statistics.fmean(means):.1f}" if means else "–"
+        row["resizes (mean)"] = f"{statistics.fmean(a.get('resizes', 0) for a in allocations):.0f}"
+        turns = [a["reversals"]["mean_per_layer"] for a in allocations if "reversals" in a]
+        row["reversals per layer"] = f"{statistics.fmean(turns):.2f} (n={len(turns)})" if turns else "–"
+        low = [a["weight_min"] for a in allocations if "weight_min" in a]
+        high = [a["weight_max"] for a in allocations if "weight_max" in a]
+        row["weights (min-max)"] = f"{min(low):.2f}-{max(high):.2f}" if low and high else "–"
+        rows.append(row)
+    return rows, kinds
+
+
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
     """Every table and dots.png into `output`; returns report.md's text."""
     records = read_records(records_path)
@@ -244,6 +270,12 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)"], output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
+    allocation, kinds = allocation_rows(runs)
+    if allocation:
+        parts.append(write_table(allocation, ["arm", "task", "runs", *kinds, "resizes (mean)", "reversals per layer",
+                                              "weights (min-max)"], output / "allocation",
+                                 title="Allocation: final mean rank per module type (uniform LoRA: every rank "
+                                       "at --rank), resizes, rank reversals per layer, weight range"))
     conflicts = config_conflicts(runs, arms)
     for stale in (output / "config_conflicts.csv", output / "config_conflicts.md"):
         stale.unlink(missing_ok=True)  # a warning of an earlier report that no longer holds
