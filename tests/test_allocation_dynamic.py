@@ -179,6 +179,21 @@ def test_bert_reallocation_keeps_optimizer_exact_and_training_running():
     assert float(controller.weights.max()) > 1.2 and float(controller.weights.min()) < 0.8
 
 
+def test_a_bf16_model_keeps_bf16_adapters_through_shrinks_and_growths():
+    # A shrink hands the SVD's float32 values back; the adapter must stay in the model's dtype
+    # or the next forward mixes float32 and bf16 (a crash in the first step after it).
+    settings = dict(r=4, modules_to_save=["classifier"], t_warmup=4, t_final=24, delta_t=4, stats_every=2, r_min=0,
+                    hysteresis=0, tau=0.5, w_min=0.25, w_max=4.0)
+    model = get_lora_model(quiet_bert().to(torch.bfloat16), DynamicLoraConfig(**settings))
+    opt = torch.optim.AdamW(trainable(model), lr=2e-2)
+    controller = AllocationController(model, opt, total_steps=24)
+    records = run_steps(model, controller, opt, bert_batches(24))
+    moves = [new - old for r in records for old, new, *_ in r["changed"].values()]
+    assert min(moves) < 0 < max(moves)
+    assert {p.dtype for a in model.adapter_modules().values() for p in a.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(model(**bert_batches(1)[0]).loss)
+
+
 def test_gradient_accumulation_gives_the_same_allocation():
     batches = bert_batches(16, batch=8)
     torch.manual_seed(5)

@@ -172,7 +172,9 @@ def apply_component_map(adapter: LoraAdapter, M: torch.Tensor, N: torch.Tensor |
         fresh = adapter.new_A_rows(r_new, like=adapter.lora_A, generator=generator)[r_new - grow:] if grow else A_kept[:0]
         if direct is not None and grow:
             fresh = direct(fresh)
-        A = torch.cat([A_kept.to(adapter.lora_A.dtype), fresh])
+        # Both parts in the adapter's dtype: an SVD shrink hands float32 values in, and cat
+        # would promote a bf16 adapter to float32 (its next forward then mixes dtypes).
+        A = torch.cat([A_kept.to(adapter.lora_A.dtype), fresh.to(adapter.lora_A.dtype)])
         B = torch.cat([B_kept.to(adapter.lora_B.dtype), adapter.lora_B.new_zeros(adapter.out_features, grow)], dim=1)
         _replace(adapter, "lora_A", A, optimizer, row_map)
         _replace(adapter, "lora_B", B, optimizer, col_map)
