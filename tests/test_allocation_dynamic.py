@@ -179,12 +179,12 @@ def test_bert_reallocation_keeps_optimizer_exact_and_training_running():
     assert float(controller.weights.max()) > 1.2 and float(controller.weights.min()) < 0.8
 
 
-def test_a_bf16_model_keeps_bf16_adapters_through_shrinks_and_growths():
+def test_bf16_adapters_stay_bf16_through_shrinks_and_growths():
     # A shrink hands the SVD's float32 values back; the adapter must stay in the model's dtype
     # or the next forward mixes float32 and bf16 (a crash in the first step after it).
     settings = dict(r=4, modules_to_save=["classifier"], t_warmup=4, t_final=24, delta_t=4, stats_every=2, r_min=0,
                     hysteresis=0, tau=0.5, w_min=0.25, w_max=4.0)
-    model = get_lora_model(quiet_bert().to(torch.bfloat16), DynamicLoraConfig(**settings))
+    model = get_lora_model(quiet_bert().to(torch.bfloat16), DynamicLoraConfig(**settings), autocast_adapter_dtype=False)
     opt = torch.optim.AdamW(trainable(model), lr=2e-2)
     controller = AllocationController(model, opt, total_steps=24)
     records = run_steps(model, controller, opt, bert_batches(24))

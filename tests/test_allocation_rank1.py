@@ -10,7 +10,7 @@ from allocation_helpers import (
     trainable,
 )
 
-from dynalora import get_lora_model
+from dynalora import MergeError, get_lora_model
 from dynalora.adapters.layer import pooling_mask
 from dynalora.allocation import AllocationController, Rank1LoraConfig
 from dynalora.allocation.gates import soft_threshold_
@@ -87,7 +87,7 @@ def test_input_conditional_gates_prune_by_sensitivity_but_never_merge():
     adapters = model.adapter_modules()
     assert sum(model.ranks().values()) == 4 and adapters["b"].gate_proj.weight.shape[0] == model.ranks()["b"]
     assert optimizer_matches_model(opt, model)
-    with pytest.raises(RuntimeError, match="cannot be merged"):
+    with pytest.raises(MergeError, match="cannot be merged"):
         model.merge()
     assert not any(layer.merged for layer in model.lora_layers().values())
 

@@ -49,14 +49,14 @@ def test_trainer_run_reallocates_ranks(tmp_path):
     assert not controller.stats.attached
 
 
-def trainer_run(output_dir, max_steps, resume=None):
+def trainer_run(output_dir, max_steps, resume=None, restore=True):
     from transformers import Trainer, TrainingArguments
 
     config = DynamicLoraConfig(r=4, modules_to_save=["classifier"], t_warmup=2, t_final=10, delta_t=2,
                                stats_every=2, beta=1.0, hysteresis=0, tau=0.5, w_min=0.25, w_max=4.0)
     model = get_lora_model(quiet_bert(), config)
     callback = DynamicLoraCallback(AllocationController(model))
-    if resume is not None:
+    if resume is not None and restore:
         callback.load_checkpoint(resume)  # resizes first, so the Trainer can load the weights
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=2e-2,
@@ -81,3 +81,6 @@ def test_trainer_checkpoints_carry_the_controller_and_resume_at_the_saved_ranks(
         assert torch.allclose(p, q, atol=1e-6), name
     with pytest.raises(AdapterFileError, match="allocation controller state"):
         DynamicLoraCallback(c2).load_checkpoint(tmp_path)
+    # Forgetting to restore the ranks first: an error that says what to call, not torch's size mismatch.
+    with pytest.raises(AdapterFileError, match=r"resized the adapters.*DynamicLoraCallback\.load_checkpoint"):
+        trainer_run(tmp_path / "c", max_steps=12, resume=tmp_path / "a" / "checkpoint-6", restore=False)

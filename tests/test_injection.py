@@ -70,6 +70,22 @@ def test_exclude_modules():
     assert "model.layers.1.self_attn.o_proj" in chosen
 
 
+def test_an_exclusion_that_excludes_nothing_is_a_warned_typo():
+    with pytest.warns(UserWarning, match=r"exclude_modules \['qury'\] exclude none"):
+        chosen = resolve_targets(tiny_bert(), LoraConfig(target_modules=["query", "value"], exclude_modules=["qury"]))
+    assert len(chosen) == 4
+
+
+def test_peft_shorthands_and_nulls_are_read_as_peft_means_them():
+    config = LoraConfig(modules_to_save="classifier", rank_pattern=None, alpha_pattern=None,
+                        target_modules=("query",), exclude_modules=".*layer\\.0\\..*")
+    assert config.modules_to_save == ["classifier"] and config.target_modules == ["query"]
+    assert config.rank_pattern == {} and config.alpha_pattern == {}
+    assert config_from_dict({**config.to_dict(), "rank_pattern": None}) == config  # a saved null
+    chosen = resolve_targets(tiny_bert(), config)  # a string exclude_modules is a full regex, as in PEFT
+    assert chosen == ["bert.encoder.layer.1.attention.self.query"]
+
+
 def test_unknown_target_lists_the_existing_names_and_changes_nothing():
     model = tiny_bert()
     with pytest.raises(TargetError, match=r"\['q_proj'\].*query.*value") as err:
@@ -126,6 +142,12 @@ def test_rslora_scaling():
     ({"alpha_pattern": {"query": 0}}, "alpha_pattern['query']"),
     ({"rank_pattern": {"query(": 2}}, "rank_pattern key"),
     ({"target_modules": "*query"}, "target_modules"),
+    ({"target_modules": [1]}, "target_modules"),
+    ({"use_rslora": "no"}, "use_rslora"),
+    ({"rank_pattern": "query:2"}, "rank_pattern"),
+    ({"alpha_pattern": ["query"]}, "alpha_pattern"),
+    ({"modules_to_save": {"classifier": 1}}, "modules_to_save"),
+    ({"exclude_modules": [None]}, "exclude_modules"),
 ])
 def test_bad_config_values_name_the_field(changes, field):
     with pytest.raises(ConfigError) as err:

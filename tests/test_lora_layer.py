@@ -11,7 +11,7 @@ from lora_helpers import logits, lora_layer_names, randomise, token_batch, train
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from dynalora import LoraAdapter, LoraConfig, LoraLayer, get_lora_model
+from dynalora import LoraAdapter, LoraConfig, LoraLayer, MergeError, get_lora_model
 
 MODELS = {"bert": (tiny_bert, 120), "llama": (tiny_llama, 128), "gpt2": (tiny_gpt2, 128)}
 
@@ -112,11 +112,11 @@ def test_input_gated_adapter_runs_but_refuses_to_merge():
     x = torch.randn(1, 5, 32)
     assert not torch.allclose(adapter(3 * x), 3 * adapter(x), atol=1e-4)
     before = base_weights(model)
-    with pytest.raises(RuntimeError, match=r"input-conditional.*cannot be merged"):
+    with pytest.raises(MergeError, match=r"input-conditional.*cannot be merged"):
         model.merge()
-    with pytest.raises(RuntimeError, match=r"cannot be merged"):
+    with pytest.raises(MergeError, match=r"cannot be merged"):
         model.merge_and_unload()
-    with pytest.raises(RuntimeError, match=r"cannot be merged"):
+    with pytest.raises(MergeError, match=r"cannot be merged"):
         model.merged_state_dict()
     assert all(not layer.merged for layer in model.lora_layers().values())
     assert all(torch.equal(before[n], layer.base.weight) for n, layer in model.lora_layers().items())

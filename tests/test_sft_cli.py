@@ -48,6 +48,23 @@ def test_sft_then_generate_from_the_adapter_alone(model_dir, data, tmp_path, cap
     printed = capsys.readouterr().out
     model, tokenizer = load_with_adapters([tmp_path / "a"])
     assert printed == generate(model, tokenizer, "double 3", max_new_tokens=6, stream=False) + "\n"
+    # the run's other readers: inspect shows its (resized) ranks, merge writes a plain causal LM,
+    # eval (classification only) says what the folder is instead of "not a run"
+    assert main(["inspect", "--adapter", str(tmp_path / "a"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "dynamic" and info["task"] == "instruction tuning"
+    assert {row["module"].removeprefix("base_model."): row["rank"] for row in info["layers"] if row["rank"] is not None} \
+        == model.ranks()
+    assert main(["merge", "--adapter", str(tmp_path / "a"), "--output", str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(tmp_path / "a")]) == 2
+    assert "an instruction-tuning run (`dynalora sft`)" in capsys.readouterr().err
 
 
 def test_generate_mixes_adapters_and_runs_the_base_alone(model_dir, data, tmp_path, capsys):

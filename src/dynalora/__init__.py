@@ -10,6 +10,7 @@ from dynalora.errors import (
     AdapterFileError,
     DataError,
     DynaLoraError,
+    MergeError,
     MissingDependencyError,
     RunFolderError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LoraAdapter",
     "LoraConfig",
     "LoraLayer",
+    "MergeError",
     "MissingDependencyError",
     "RunFolderError",
     "TargetError",

@@ -18,6 +18,7 @@ from torch import nn
 from dynalora import files
 from dynalora.adapters.checks import check_layer_entries, check_tensors
 from dynalora.adapters.config import LoraConfig, config_from_dict
+from dynalora.adapters.inject import pattern_value
 from dynalora.adapters.layer import LoraAdapter
 from dynalora.errors import AdapterFileError
 from dynalora.runs.publish import results_folder
@@ -29,10 +30,12 @@ FORMAT_VERSION = 1
 
 
 def saved_config(config: LoraConfig, adapters: dict[str, LoraAdapter]) -> LoraConfig:
-    """`config` with `rank_pattern` holding every layer whose actual rank is not `config.r`
-    (keys: the layer's full name as an exact pattern)."""
-    ranks = {re.escape(name): adapter.r for name, adapter in adapters.items() if adapter.r != config.r}
-    return config.replace(rank_pattern=ranks)
+    """`config` with the user's `rank_pattern` kept and, in front of it (the first matching key
+    wins), an exact entry (the layer's full name, escaped) for every layer whose actual rank
+    differs from what the pattern gives: a layer that dynamic allocation resized."""
+    resized = {re.escape(name): adapter.r for name, adapter in adapters.items()
+               if adapter.r != pattern_value(name, config.rank_pattern, config.r)}
+    return config.replace(rank_pattern={**resized, **{k: v for k, v in config.rank_pattern.items() if k not in resized}})
 
 
 def write_adapter(path: str | Path, config: LoraConfig, adapters: dict[str, LoraAdapter], base_model: nn.Module,
@@ -88,7 +91,8 @@ def read_adapter(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str
 
 
 def layout_of(document: dict[str, Any]) -> tuple[LoraConfig, dict[str, int], dict[str, float]]:
-    """The config, per-layer ranks and scalings a saved adapter was written with."""
+    """The config that re-creates a saved adapter's layers (its targets: their exact names),
+    and their ranks and scalings. The config as saved is `config_from_dict(document["config"])`."""
     config = config_from_dict(document["config"])
     ranks = {n: int(v["r"]) for n, v in document["layers"].items()}
     scalings = {n: float(v["scaling"]) for n, v in document["layers"].items()}

@@ -67,8 +67,13 @@ class LoraConfig:
     target_modules: a list of module names (a module matches when its full name equals an
         entry or ends with "." + entry), a regex string matched against the full name, or
         "all-linear". None picks the architecture's default (query/value projections).
+    exclude_modules: modules left out of target_modules' choice: names (an entry that excludes
+        nothing is warned about: a typo) or a regex string, as in PEFT.
     modules_to_save: modules trained in full and saved with the adapter (e.g. the
-        classification head), matched like target_modules.
+        classification head), matched like a target_modules list; one name may be a string.
+    "all-linear" takes every linear layer except the output layers (lm_head, a classifier or
+        score head) and, unlike PEFT, any module inside a head: a path through `lm_head`,
+        `classifier`, `score`, `qa_outputs`, `cls` or `pooler` (HEAD_NAMES in inject.py). alpha defaults to 16 (PEFT: 8).
     rank_pattern / alpha_pattern: per-layer overrides; as in PEFT, a key is a regex matched
         against the full module name or a dotted suffix of it.
     task_type: as in PEFT, "SEQ_CLS" / "TOKEN_CLS" also train the task head (`classifier` or
@@ -83,7 +88,7 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | None = None
+    exclude_modules: list[str] | str | None = None
     modules_to_save: list[str] | None = None
     use_rslora: bool = False
     init: str = "kaiming"
@@ -114,17 +119,36 @@ class LoraConfig:
         check(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "must be a number in [0, 1)", self.dropout)
         check(self.init in ("kaiming", "gaussian"), "init", "must be 'kaiming' or 'gaussian'", self.init)
         check(self.gating in ("none", "scalar", "input"), "gating", "must be 'none', 'scalar' or 'input'", self.gating)
+        check(isinstance(self.use_rslora, bool), "use_rslora", "must be true or false", self.use_rslora)
+        self.check_module_lists()
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             check_regex(self.target_modules, "target_modules")
         for name in ("rank_pattern", "alpha_pattern"):
+            if getattr(self, name) is None:  # a saved `null`, or PEFT code passing None
+                setattr(self, name, {})
+            check(isinstance(getattr(self, name), dict), name, "must be a mapping of module-name regex to value "
+                  """(on the command line as JSON: '{"query": 4}')""", getattr(self, name))
             for key in getattr(self, name):
                 check_regex(key, f"{name} key")
         for key, r in self.rank_pattern.items():
             check(is_int(r) and r >= 0, f"rank_pattern[{key!r}]", "must be an integer >= 0", r)
         for key, a in self.alpha_pattern.items():
             check(is_number(a) and a > 0, f"alpha_pattern[{key!r}]", "must be a number > 0", a)
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
+
+    def check_module_lists(self) -> None:
+        """target_modules / exclude_modules: a list of names or one regex string;
+        modules_to_save: a list of names, or one name. Tuples become lists."""
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+        for name in ("target_modules", "exclude_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            ok = value is None or (isinstance(value, str) and name != "modules_to_save") or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))
+            what = "a list of module names" if name == "modules_to_save" else "a list of module names or one regex string"
+            check(ok, name, f"must be {what}", value)
 
     def scaling_for(self, r: int, alpha: float | None = None) -> float:
         """alpha/r (or rsLoRA's alpha/sqrt(r)); fixed per adapter at creation.

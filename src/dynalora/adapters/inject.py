@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from torch import nn
 
@@ -81,7 +82,13 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> list[str]:
                     f"linear layers are named: {_short_names(linear)}"
                 )
     if config.exclude_modules:
-        chosen = [n for n in chosen if not name_matches(n, config.exclude_modules)]
+        excluded = config.exclude_modules
+        if isinstance(excluded, list):
+            idle = [e for e in excluded if not any(name_matches(n, [e]) for n in chosen)]
+            if idle:
+                warnings.warn(f"exclude_modules {idle} exclude none of the targeted layers (a typo?); "
+                              f"targeted: {_short_names(chosen)}", UserWarning, stacklevel=4)
+        chosen = [n for n in chosen if not name_matches(n, excluded)]
     if not chosen:
         raise TargetError(
             f"target_modules={targets!r} matches no linear layer in {type(model).__name__}; "

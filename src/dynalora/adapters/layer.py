@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from dynalora.errors import MergeError
+
 SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D)
 
 
@@ -127,7 +129,7 @@ class LoraAdapter(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """Delta W (out x in) of a mergeable adapter."""
         if not self.mergeable:
-            raise RuntimeError(
+            raise MergeError(
                 "this adapter uses input-conditional gates (gating='input'): its update depends "
                 "on the input, so it cannot be merged into the base weight"
             )

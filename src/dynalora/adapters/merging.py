@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dynalora.adapters.layer import LoraLayer
+from dynalora.errors import MergeError
 from dynalora.files import atomic_dir
 
 
@@ -22,7 +23,7 @@ def check_mergeable(layers: Iterable[LoraLayer]) -> None:
     for layer in layers:
         for name in layer.active:
             if not layer.adapters[name].mergeable:
-                raise RuntimeError(
+                raise MergeError(
                     f"adapter {name!r} uses input-conditional gates (gating='input'): its update "
                     "depends on the input, so it cannot be merged into the base weights"
                 )

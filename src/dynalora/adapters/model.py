@@ -37,12 +37,12 @@ from dynalora.adapters.adapter_file import (  # noqa: F401  (CONFIG_FILE etc.: t
     write_adapter,
 )
 from dynalora.adapters.checks import check_against_model
-from dynalora.adapters.config import LoraConfig
+from dynalora.adapters.config import LoraConfig, config_from_dict
 from dynalora.adapters.inject import inject_adapters, remove_layers, resolve_modules_to_save
 from dynalora.adapters.layer import LoraAdapter, LoraLayer, per_row, pooling_mask
 from dynalora.adapters.model_compat import TransformersCompat, task_heads, warn_if_head_frozen
 from dynalora.adapters.peft_format import export_peft, import_peft
-from dynalora.errors import AdapterFileError
+from dynalora.errors import AdapterFileError, ConfigError
 
 
 class DynaLoraModel(TransformersCompat):
@@ -50,13 +50,19 @@ class DynaLoraModel(TransformersCompat):
     (`forward` shows the model's own signature; see model_compat for what Trainer relies on)."""
 
     def __init__(self, model: nn.Module, config: LoraConfig, adapter_name: str = "default",
-                 ranks: dict[str, int] | None = None, scalings: dict[str, float] | None = None) -> None:
+                 ranks: dict[str, int] | None = None, scalings: dict[str, float] | None = None,
+                 autocast_adapter_dtype: bool = True) -> None:
+        if isinstance(model, DynaLoraModel) or any(isinstance(m, LoraLayer) for m in model.modules()):
+            # Injecting again would replace the adapter already there, trained weights and all.
+            raise ConfigError(f"this {type(model).__name__} already holds dynalora adapters: add another "
+                              "with wrapper.add_adapter(name, config), or start from a fresh base model")
         super().__init__()
         self.base_model = model
         self.configs: dict[str, LoraConfig] = {}
         self._active: list[str] = []
         self.modules_to_save: list[str] = []
-        self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
+        self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
 
     # -- passing through --------------------------------------------------------------------
     def call_base(self, *args: Any, **kwargs: Any) -> Any:
@@ -75,30 +81,46 @@ class DynaLoraModel(TransformersCompat):
         except AttributeError:
             if name == "base_model":  # not set yet: do not recurse
                 raise
+        try:
             return getattr(self.base_model, name)
+        except AttributeError:
+            raise AttributeError(f"neither {type(self).__name__} nor the {type(self.base_model).__name__} it wraps "
+                                 f"has an attribute {name!r}") from None
 
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, name: str, config: LoraConfig, ranks: dict[str, int] | None = None,
-                    scalings: dict[str, float] | None = None) -> None:
-        """Inject adapter `name`; base weights freeze, the adapter and modules_to_save train."""
+                    scalings: dict[str, float] | None = None, autocast_adapter_dtype: bool = True) -> None:
+        """Inject adapter `name`; base weights freeze, the adapter and modules_to_save train.
+
+        autocast_adapter_dtype: as in PEFT, the adapter of a float16 / bfloat16 layer is kept in
+        float32 (its small updates survive rounding; the layer casts its input and output), unless False."""
         if name in self.configs:
             raise ValueError(f"an adapter named {name!r} already exists")
         self.require_unmerged("adding an adapter")
-        wanted = [*(config.modules_to_save or []), *task_heads(self.base_model, config.task_type)]
-        saved = resolve_modules_to_save(self.base_model, wanted or None)  # checked first
+        saved = self.saved_modules(config)  # checked first
         warn_if_head_frozen(self.base_model, [*self.modules_to_save, *saved])
         inject_adapters(self.base_model, config, name, ranks=ranks, scalings=scalings)
+        if autocast_adapter_dtype:
+            for layer in self.lora_layers().values():
+                if name in layer.adapters and layer.adapters[name].lora_A.dtype in (torch.float16, torch.bfloat16):
+                    layer.adapters[name].float()
         self.configs[name] = config
         self.modules_to_save = sorted(set(self.modules_to_save) | set(saved))
         self.set_adapter(name)
         self.set_trainable(name)
 
-    def set_trainable(self, name: str | None = None) -> None:
-        """Only adapter `name` (default: the active one) and the modules_to_save train."""
-        name = name or self.active_adapter
+    def saved_modules(self, config: LoraConfig) -> list[str]:
+        """Full names of the modules `config` trains in full: its modules_to_save and the head
+        its task_type implies."""
+        wanted = [*(config.modules_to_save or []), *task_heads(self.base_model, config.task_type)]
+        return resolve_modules_to_save(self.base_model, wanted or None)
+
+    def set_trainable(self, name: str | list[str] | None = None) -> None:
+        """Only adapter(s) `name` (default: the active ones) and the modules_to_save train."""
+        names = [name] if isinstance(name, str) else (name or self.active_adapters)
         for p in self.base_model.parameters():
             p.requires_grad_(False)
-        for adapter in self.adapter_modules(name).values():
+        for adapter in (a for n in names for a in self.adapter_modules(n).values()):
             for p in adapter.parameters():
                 p.requires_grad_(True)
         for module_name in self.modules_to_save:
@@ -125,7 +147,11 @@ class DynaLoraModel(TransformersCompat):
         return list(self._active)
 
     def set_adapter(self, names: str | list[str], weights: list[float] | None = None) -> None:
-        """Activate one adapter, or several summed with `weights` (ranks may differ)."""
+        """Activate one adapter, or several summed with `weights` (ranks may differ).
+
+        As in PEFT, when an adapter is training the active ones become the ones that train
+        (and the others freeze); a model whose adapters are all frozen (loaded for
+        inference) stays frozen."""
         names = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in names if n not in self.configs]
         if unknown:
@@ -133,10 +159,13 @@ class DynaLoraModel(TransformersCompat):
         if weights is not None and len(weights) != len(names):
             raise ValueError(f"{len(weights)} weights for {len(names)} adapters")
         self.require_unmerged("switching adapters")
+        training = any(p.requires_grad for layer in self.lora_layers().values() for p in layer.adapters.parameters())
         for layer in self.lora_layers().values():
             layer.active = [n for n in names if n in layer.adapters]
             layer.mix = dict(zip(names, weights)) if weights is not None else {}
         self._active = names
+        if training:
+            self.set_trainable(names)
 
     def delete_adapter(self, name: str) -> None:
         if name not in self.configs:
@@ -148,10 +177,7 @@ class DynaLoraModel(TransformersCompat):
             layer.active = [n for n in layer.active if n != name]
         del self.configs[name]
         self._active = [n for n in self._active if n != name]
-        self.modules_to_save = sorted({
-            m for config in self.configs.values()
-            for m in resolve_modules_to_save(self.base_model, config.modules_to_save)
-        })
+        self.modules_to_save = sorted({m for config in self.configs.values() for m in self.saved_modules(config)})
 
     def _discard(self, name: str) -> None:
         """Undo a failed load of adapter `name`: the model is left as it was before."""
@@ -257,6 +283,7 @@ class DynaLoraModel(TransformersCompat):
         check_layers_exist(model, ranks, document)
         wrapper = cls.wrap_and_load(model, config, adapter_name, ranks, scalings, state, document,
                                     is_trainable)
+        wrapper.configs[adapter_name] = config_from_dict(document["config"])  # as saved, not as re-created
         wrapper.metadata = document.get("metadata", {})
         return wrapper
 
@@ -295,6 +322,7 @@ class DynaLoraModel(TransformersCompat):
         self.add_adapter(adapter_name, config, ranks=ranks, scalings=scalings)
         try:
             self.load_state(adapter_name, state, document)
+            self.configs[adapter_name] = config_from_dict(document["config"])
         except Exception:
             self._discard(adapter_name)
             raise
@@ -355,6 +383,13 @@ class DynaLoraModel(TransformersCompat):
                                  peft.about, is_trainable)
 
 
-def get_lora_model(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> DynaLoraModel:
-    """Inject `config`'s adapters into `model` (in place) and return the wrapper."""
-    return DynaLoraModel(model, config, adapter_name)
+def get_lora_model(model: nn.Module, config: LoraConfig, adapter_name: str = "default",
+                   autocast_adapter_dtype: bool = True) -> DynaLoraModel:
+    """Inject `config`'s adapters into `model` (in place) and return the wrapper; adapters of
+    half-precision layers are kept in float32 unless `autocast_adapter_dtype=False` (as in PEFT)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch module (a transformers model), not {type(model).__name__}")
+    if not isinstance(config, LoraConfig):
+        raise ConfigError(f"config must be a LoraConfig, DynamicLoraConfig or Rank1LoraConfig, not "
+                          f"{type(config).__name__}: build one with LoraConfig(**values)")
+    return DynaLoraModel(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)

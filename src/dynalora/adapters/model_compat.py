@@ -10,8 +10,9 @@
   the modules to save, the frozen base weights left out (they are the base model's, whose
   files the user already has), so a checkpoint holds only what training changed;
   `load_state_dict` takes such a dict back, strict about those keys only.
-- PEFT's names: `print_trainable_parameters()`, `get_nb_trainable_parameters()`, and the task
-  head each PEFT `task_type` trains (`task_heads`).
+- PEFT's names: `print_trainable_parameters()` (PEFT's exact line), `get_nb_trainable_parameters()`,
+  `peft_config`, `get_base_model()`, `disable_adapter()`, `unload()`, and the task head each
+  PEFT `task_type` trains (`task_heads`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dynalora.adapters.inject import remove_layers
+from dynalora.errors import AdapterFileError
 
 # The heads PEFT trains for each task type (its modules_to_save): found by their last name.
 TASK_HEADS: dict[str, tuple[str, ...]] = {
@@ -108,6 +112,15 @@ class TransformersCompat(nn.Module):
         return destination
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        own = self.state_dict()
+        for key, value in state_dict.items():
+            if ".adapters." in key and key in own and tuple(value.shape) != tuple(own[key].shape):
+                # A Trainer resuming a dynamic / rank1 run: the checkpoint has the resized ranks.
+                raise AdapterFileError(
+                    f"the checkpoint's {key} has shape {tuple(value.shape)}, this model's {tuple(own[key].shape)}: "
+                    "allocation resized the adapters after the model was built; restore the ranks first with "
+                    "DynamicLoraCallback.load_checkpoint(checkpoint_folder) (or controller.load_state_dict) "
+                    "before trainer.train(resume_from_checkpoint=...)")
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if self._kept_in_state(k)]
         if strict and (missing or result.unexpected_keys):
@@ -120,5 +133,26 @@ class TransformersCompat(nn.Module):
         return self.parameter_counts()  # type: ignore[attr-defined]
 
     def print_trainable_parameters(self) -> None:
+        """PEFT's line, word for word (scripts parse it)."""
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)")
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    @property
+    def peft_config(self) -> dict[str, Any]:
+        """The adapter configs by name (ours: `configs`), under PEFT's name."""
+        return self.configs  # type: ignore[attr-defined]
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model, adapters still injected (PEFT's name)."""
+        return self.base_model  # type: ignore[attr-defined]
+
+    def disable_adapter(self) -> Any:
+        """PEFT's (and TRL's) name for `disable_adapters()`: a block that runs the base model alone."""
+        return self.disable_adapters()  # type: ignore[attr-defined]
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter without merging and return the plain base model, as it was
+        before `get_lora_model` (merged adapters are unmerged first); the wrapper is spent."""
+        self.unmerge()  # type: ignore[attr-defined]
+        remove_layers(self.base_model)  # type: ignore[attr-defined]
+        return self.base_model  # type: ignore[attr-defined]

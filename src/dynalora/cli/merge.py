@@ -18,7 +18,8 @@ def add_parser(subparsers: Any) -> None:
                     "and pipeline('text-classification', model=DIR, trust_remote_code=True) load without "
                     "dynalora (label names in config.json, the tokenizer beside). Mean and first-token "
                     "pooling need the small modelling file written into DIR (hence trust_remote_code); "
-                    "--pooling pooler on a BERT encoder is BERT's own head and needs no custom code.")
+                    "--pooling pooler on a BERT encoder is BERT's own head and needs no custom code. An "
+                    "instruction-tuning run (`dynalora sft`) becomes a folder AutoModelForCausalLM loads.")
     add_adapter_arg(parser)
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")

@@ -12,9 +12,10 @@ from dynalora.cli.common import add_adapter_arg, print_json
 HELP = "predict labels for a file of new text"  # its line in `dynalora --help`
 
 
-def add_file_args(parser: argparse.ArgumentParser, flag: str) -> None:
+def add_file_args(parser: argparse.ArgumentParser, flag: str, required: bool = False) -> None:
     """The table to score and its columns (shared with `eval --dev-file`)."""
-    parser.add_argument(flag, metavar="FILE", help="a .csv, .tsv or .jsonl table of texts, with or without labels")
+    parser.add_argument(flag, metavar="FILE", required=required,
+                        help="a .csv, .tsv or .jsonl table of texts, with or without labels")
     parser.add_argument("--text-columns", nargs="+", metavar="NAME",
                         help="text column(s) of the file (default: the ones the run was trained with; "
                              "for a GLUE run the task's field names, e.g. sentence1 sentence2)")
@@ -32,7 +33,7 @@ def add_parser(subparsers: Any) -> None:
                     "to stdout; without it, one JSON line per row to stdout. When the file has the "
                     "label column, the task's metrics are computed as `dynalora eval` computes them.")
     add_adapter_arg(parser)
-    add_file_args(parser, "--file")
+    add_file_args(parser, "--file", required=True)
     parser.add_argument("--output", metavar="FILE", help="where to write the predictions (.jsonl, .csv, .tsv)")
     parser.add_argument("--model", metavar="PATH", help="base model folder, if it moved since training")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dynalora import __version__
+from dynalora.adapters.adapter_file import CONFIG_FILE
 from dynalora.data import (
     BucketBatcher,
     DataError,
@@ -64,6 +65,7 @@ from dynalora.training.run import (  # noqa: F401  (RESUME_FREE etc.: also impor
 
 RUN_FILE = "dynalora_run.json"
 RUN_FORMAT = "dynalora-run"
+SFT_RUN_FILE = "dynalora_sft_run.json"  # dynalora.llm.sft.RUN_FILE (not imported: it loads the LLM stack)
 
 
 def load_tokenizer(model_path: str | Path) -> Any:
@@ -201,6 +203,12 @@ def read_run(folder: str | Path) -> dict[str, Any]:
         raise RunFolderError(f"run folder not found: {folder}")
     folder = results_folder(folder)
     if not (folder / RUN_FILE).is_file():
+        if (folder / SFT_RUN_FILE).is_file():
+            raise RunFolderError(f"{folder}: an instruction-tuning run (`dynalora sft`), not a classifier; "
+                                 "`generate`, `inspect`, `merge` and `export` read it")
+        if (folder / CONFIG_FILE).is_file():
+            raise RunFolderError(f"{folder}: an adapter saved by save_pretrained, not a run folder; load it with "
+                                 "DynaLoraModel.from_pretrained(base_model, folder)")
         raise RunFolderError(f"{folder}: no {RUN_FILE}; not a folder written by `dynalora train`")
     document = read_json(folder / RUN_FILE, "trained run description", RunFolderError)
     if not isinstance(document, dict) or document.get("format") != RUN_FORMAT:

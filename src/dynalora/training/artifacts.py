@@ -25,11 +25,10 @@ from dynalora.files import (
 )
 from dynalora.packaged import portable_name
 from dynalora.runs import check_output_folder, results_folder
-from dynalora.training.api import load_trained, read_run
+from dynalora.training.api import SFT_RUN_FILE, load_trained, read_run
 from dynalora.training.hf_export import save_standard, standard_classifier
 from dynalora.training.methods import HEAD_MODULE, STATE_FILE, get_method
 
-SFT_RUN_FILE = "dynalora_sft_run.json"  # dynalora.llm.sft.RUN_FILE (not imported: it loads the LLM stack)
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head.json"
 BACKBONE = "backbone."  # where the encoder sits inside our SequenceClassifier
@@ -44,18 +43,14 @@ def merge_trained(adapter_dir: str | Path, output: str | Path, base_model: str |
     dynalora depends on the pooling (see `dynalora.training.hf_export`).
     """
     check_output_folder(output, overwrite)
+    if (results_folder(adapter_dir) / SFT_RUN_FILE).is_file():
+        return merge_sft(results_folder(adapter_dir), output, base_model)
     metadata = read_run(adapter_dir)["metadata"]
     if not get_method(metadata["method"]).mergeable:
         raise MergeError(f"method {metadata['method']!r} adds layers to the model; its update cannot be "
                          "merged into the base weights")
     model, tokenizer, metadata = load_trained(adapter_dir, base_model)
-    if isinstance(model, DynaLoraModel):
-        try:
-            classifier = model.merge_and_unload()
-        except RuntimeError as err:  # input-conditional gates
-            raise MergeError(str(err)) from None
-    else:
-        classifier = model
+    classifier = model.merge_and_unload() if isinstance(model, DynaLoraModel) else model  # MergeError: input gates
     standalone = standard_classifier(classifier, metadata)
     with atomic_dir(output) as tmp, quiet_transformers():
         save_standard(standalone, tmp)
@@ -126,6 +121,19 @@ def export_trained(adapter_dir: str | Path, output: str | Path, fmt: str = "peft
     return Path(output)
 
 
+def merge_sft(folder: Path, output: str | Path, base_model: str | Path | None) -> Path:
+    """An instruction-tuning run merged into its base causal LM: a folder
+    `AutoModelForCausalLM.from_pretrained` loads (weights, config, tokenizer), no dynalora."""
+    from dynalora.llm.models import load_with_adapters
+
+    wrapper, tokenizer = load_with_adapters([folder], model=base_model)
+    model = wrapper.merge_and_unload()
+    with atomic_dir(output) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(output)
+
+
 def export_sft(folder: Path, output: str | Path, fold_scaling: bool) -> Path:
     """An instruction-tuning run's adapter for PEFT (`CAUSAL_LM` on the recorded base model)."""
     from dynalora.llm.models import load_with_adapters
@@ -172,7 +180,11 @@ def encoder_relative(document: dict[str, Any], tensors: dict[str, torch.Tensor],
 def describe_run(adapter_dir: str | Path) -> dict[str, Any]:
     """Per-layer ranks, allocation weights and parameter counts of a run, from its files alone."""
     folder = results_folder(adapter_dir)
-    metadata = read_run(folder)["metadata"]
+    if (folder / SFT_RUN_FILE).is_file():  # instruction tuning: an adapter of a causal LM
+        metadata = {**read_json(folder / SFT_RUN_FILE, "instruction-tuning run description")["metadata"],
+                    "task": "instruction tuning"}
+    else:
+        metadata = read_run(folder)["metadata"]
     rows = []
     if (folder / CONFIG_FILE).is_file():
         document, state = read_adapter(folder)
