@@ -48,5 +48,5 @@ def test_a_dynamic_adapter_saves_its_final_ranks(tmp_path) -> None:
     saved = json.loads((tmp_path / "dynalora_config.json").read_text())["config"]
     assert saved["method"] == "dynamic" and saved["rank_pattern"] == {re.escape(name): 0}
     assert DynaLoraModel.from_pretrained(tiny_bert(), tmp_path).ranks() == model.ranks()
-    with pytest.raises(RunFolderError, match=r"saved by save_pretrained.*DynaLoraModel\.from_pretrained"):
+    with pytest.raises(RunFolderError, match=r"not a run of `dynalora train`; it holds an adapter.*DynaLoraModel\.from_pretrained"):
         read_run(tmp_path)  # what `dynalora eval/inspect/merge` say of such a folder

@@ -207,8 +207,8 @@ def read_run(folder: str | Path) -> dict[str, Any]:
             raise RunFolderError(f"{folder}: an instruction-tuning run (`dynalora sft`), not a classifier; "
                                  "`generate`, `inspect`, `merge` and `export` read it")
         if (folder / CONFIG_FILE).is_file():
-            raise RunFolderError(f"{folder}: an adapter saved by save_pretrained, not a run folder; load it with "
-                                 "DynaLoraModel.from_pretrained(base_model, folder)")
+            raise RunFolderError(f"{folder}: no {RUN_FILE}, so not a run of `dynalora train`; it holds an adapter "
+                                 f"({CONFIG_FILE}): load it with DynaLoraModel.from_pretrained(base_model, folder)")
         raise RunFolderError(f"{folder}: no {RUN_FILE}; not a folder written by `dynalora train`")
     document = read_json(folder / RUN_FILE, "trained run description", RunFolderError)
     if not isinstance(document, dict) or document.get("format") != RUN_FORMAT:
