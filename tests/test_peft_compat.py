@@ -158,6 +158,9 @@ def test_peft_import_errors(tmp_path):
     config.write_text(json.dumps({**document, "peft_type": "IA3"}))
     with pytest.raises(AdapterFileError, match=r"'IA3' is not supported"):
         DynaLoraModel.from_peft(tiny_bert(), tmp_path)
+    get_lora_model(tiny_bert(), LoraConfig(r=2)).save_pretrained(tmp_path / "ours")
+    with pytest.raises(AdapterFileError, match=r"holds a dynalora adapter, not a PEFT one.*from_pretrained"):
+        DynaLoraModel.from_peft(tiny_bert(), tmp_path / "ours")
 
 
 @pytest.mark.integration

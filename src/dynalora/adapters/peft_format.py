@@ -177,6 +177,9 @@ def import_peft(model: nn.Module, path: str | Path, allow_pickle: bool) -> PeftA
     """Rebuild a PEFT LoRA adapter as ours: ranks from the tensors, scalings from the alphas;
     checked against `model` (its base), which is not changed."""
     path = Path(path)
+    if not (path / PEFT_CONFIG).is_file() and (path / "dynalora_config.json").is_file():
+        raise AdapterFileError(f"{path} holds a dynalora adapter, not a PEFT one; load it with "
+                               "DynaLoraModel.from_pretrained()")
     document = read_json(path / PEFT_CONFIG, "PEFT adapter config")
     peft_type = document.get("peft_type") if isinstance(document, dict) else None
     if peft_type != "LORA":

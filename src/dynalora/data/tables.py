@@ -145,7 +145,7 @@ def record_rows(
         if not isinstance(record, dict):
             problems.add(where, f"expected a JSON object, found {type(record).__name__}")
             continue
-        missing = [c for c in columns if record.get(c) is None]
+        missing = list(dict.fromkeys(c for c in columns if record.get(c) is None))  # a column named twice: once
         if missing:
             problems.add(where, f"missing field(s) {missing}")
             continue
