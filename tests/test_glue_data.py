@@ -384,3 +384,27 @@ def test_user_table_errors(tmp_path, name, content, kwargs, message):
     args = {"text_columns": ["text"], "label_column": "label", **kwargs}
     with pytest.raises(DataError, match=message):
         load_table(path, **args)
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("a.csv", "text,label\nhi,1\n", ["text"]),
+    ("b.tsv", "idx\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n", ["sentence1", "sentence2"]),
+    ("c.jsonl", '{"id": 1, "review": "fine", "label": "pos"}\n', ["review"]),
+    ("d.csv", "premise,hypothesis,genre,label\na,b,c,1\n", ["premise", "hypothesis"]),
+])
+def test_text_columns_nobody_named_are_found_as_run_glue_finds_them(tmp_path, name, content, expected):
+    from dynalora.training import TrainConfig
+
+    path = tmp_path / name
+    path.write_text(content)
+    config = TrainConfig(train_file=str(path), dev_file=str(path), output=str(tmp_path / "run"))
+    assert config.text_columns == expected
+
+
+def test_ambiguous_text_columns_ask_to_be_named(tmp_path):
+    from dynalora.data.tables import guess_text_columns
+
+    path = tmp_path / "t.csv"
+    path.write_text("title,body,author,label\na,b,c,1\n")
+    with pytest.raises(DataError, match=r"t.csv: which column\(s\) hold the text\? .*\['title', 'body', 'author'\]"):
+        guess_text_columns(path, "label")

@@ -234,3 +234,37 @@ def load_table(
         warn_if_label_looks_wrong(label_names, len(rows), path, label_column)
     examples = rows_to_examples(rows, label_names, problems)
     return problems.finish(examples), label_names
+
+
+# Columns that hold no text to classify (row ids), skipped when guessing the text columns.
+ID_COLUMNS = ("idx", "id", "index", "Unnamed: 0")
+# Well-known text column names, in the order they are looked for (pairs first).
+KNOWN_TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
+                      ("text",), ("sentence",))
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a table: its header, or the keys of its first JSON record."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_csv(path)[0]
+    if suffix in (".jsonl", ".json"):
+        records = json_records(path, RowProblems(path))
+        first = next((record for _, record in records if isinstance(record, dict)), None)
+        return list(first) if first is not None else []
+    return read_tsv(path, has_header=True)[0] or []
+
+
+def guess_text_columns(path: str | Path, label_column: str) -> list[str]:
+    """The text columns of a table nobody named, as transformers' run_glue finds them: a
+    known pair or name (sentence1/sentence2, question/sentence, premise/hypothesis, text,
+    sentence), else the one or two columns beside the label (row ids left out)."""
+    columns = [c for c in table_columns(path) if c != label_column and c not in ID_COLUMNS]
+    for known in KNOWN_TEXT_COLUMNS:
+        if all(c in columns for c in known):
+            return list(known)
+    if 1 <= len(columns) <= 2:
+        return columns
+    raise DataError(f"{path}: which column(s) hold the text? The file has {columns} besides the label "
+                    f"{label_column!r}; name one or two with --text-columns")

@@ -46,7 +46,8 @@ class TrainConfig(RunConfig):
     head_dropout: float = setting(0.1, "dropout before the classification head", min=0, below=1)
     train_file: str | None = setting(None, "your own training data (.csv, .tsv or .jsonl) instead of a GLUE task")
     dev_file: str | None = setting(None, "your own evaluation data, same columns as train_file")
-    text_columns: list[str] | None = setting(None, "text column(s) of train_file/dev_file (one or two)")
+    text_columns: list[str] | None = setting(None, "text column(s) of train_file/dev_file (one or two; default: "
+                                                   "sentence1/sentence2, text, sentence, ... or the columns beside the label)")
     label_column: str = setting("label", "label column of train_file/dev_file")
     regression: bool = setting(False, "own data: the label is a number (MSE loss, Pearson/Spearman)")
     selection: str = setting("dev", "where checkpoints are chosen: dev (GLUE dev, as most scripts do) or split "
@@ -64,6 +65,10 @@ class TrainConfig(RunConfig):
         check(self.method in known_methods(), "method", f"must be one of {known_methods()}", self.method)
         if self.train_file is not None:
             check(self.dev_file is not None, "dev_file", "is needed with train_file", self.dev_file)
+            if not self.text_columns:  # found from the file's columns, as transformers' run_glue does
+                from dynalora.data.tables import guess_text_columns
+
+                self.text_columns = guess_text_columns(self.train_file, self.label_column)
             check(bool(self.text_columns) and len(self.text_columns) <= 2, "text_columns",
                   "must name one or two columns of train_file", self.text_columns)
         else:
