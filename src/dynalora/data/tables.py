@@ -244,16 +244,24 @@ KNOWN_TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("pr
 
 
 def table_columns(path: str | Path) -> list[str]:
-    """The column names of a table: its header, or the keys of its first JSON record."""
+    """The column names of a table: its header, or the keys of its first JSON record (a .jsonl
+    file: only its first line is parsed; the table is read in full later, by load_table)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return read_csv(path)[0]
-    if suffix in (".jsonl", ".json"):
+    if suffix == ".jsonl":
+        first_line = next((line for _, line in numbered_lines(read_text(path))), "")
+        try:
+            first = json.loads(first_line) if first_line else None
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line 1: invalid JSON ({err.msg})") from None
+        return list(first) if isinstance(first, dict) else []
+    if suffix == ".json":
         records = json_records(path, RowProblems(path))
         first = next((record for _, record in records if isinstance(record, dict)), None)
         return list(first) if first is not None else []
-    return read_tsv(path, has_header=True)[0] or []
+    header = next(csv.reader(io.StringIO(read_text(path), newline="")), None) if suffix == ".csv" else \
+        read_tsv(path, has_header=True)[0]
+    return [name.strip() for name in header or []]
 
 
 def guess_text_columns(path: str | Path, label_column: str) -> list[str]:
