@@ -91,6 +91,10 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
     assert record["resumed"] is False and record["allocation"] is None  # LoRA allocates nothing
     assert record["method_config"]["r"] == 4 and "rank_pattern" not in record["method_config"]  # defaults included
     assert record["command"].startswith("dynalora train --task sst2 --method lora --seed 0 --lr ")
+    # every grid run saw the same rows; the three parts differ from each other
+    assert len({json.dumps(r["data_digest"], sort_keys=True) for r in first}) == 1
+    assert len(set(record["data_digest"].values())) == 3
+    assert record["machine"]["libraries"]["transformers"]
     assert "--selection split" in record["command"] and set(record["dev"]) >= {"glue", "accuracy"}
     chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
     best = max(first, key=lambda r: (r["selection_score"], -r["lr"]))
@@ -223,7 +227,16 @@ def test_paired_statistics_match_scipy_by_hand():
     # Wilcoxon by hand: ranks of |d| are 2,5,1,6,3,4; the one negative has rank 1 -> W = 1;
     # exact two-sided p = 2 * P(W <= 1) = 2 * 2 / 2^6
     assert result.wilcoxon_p == pytest.approx(4 / 64)
-    assert paired(d[:4]).p_text() == "n too small" and paired(d[:1]).interval_text() == "n too small"
+    assert paired(d[:4]).p_text() == "n too small" and paired(d[:2]).interval_text() == "n too small"
+
+
+def test_a_zero_difference_is_named_beside_the_wilcoxon_p():
+    """A tie carries no sign: the exact test runs on the four other seeds, all positive, so
+    p = 2 / 2^4 = 0.125 (not the 0.0625 of five positive seeds), and the text says so."""
+    result = paired([0.01, 0.0, 0.02, 0.03, 0.015])
+    assert result.n == 5 and result.nonzero == 4
+    assert result.wilcoxon_p == pytest.approx(2 / 16)
+    assert result.p_text() == "0.125 (1 zero, tested on 4)"
 
 
 def hand_record(task, arm, seed, dev, lr=1e-3, stage="seeds", selection=0.8):
@@ -410,3 +423,20 @@ def test_report_shows_where_the_rank_changing_arms_put_their_budget(tmp_path):
     text = write_report(path, tmp_path / "report")
     assert "| mine | cola | 2 | 11.0 | 5.0 | 10 | 0.25 (n=2) | 0.60-2.00 |" in text
     assert "| plain | cola |" not in text.split("## Allocation")[1]
+
+
+def test_table1_compares_the_main_arms_on_the_seeds_they_share(tmp_path):
+    """Seed 2 of lora is done, dynamic's is not: lora's Table 1 mean leaves it out until then
+    (a seed moves a mean by itself); a run whose patience ran out at the epoch cap did not
+    stop early."""
+    path = tmp_path / "runs.jsonl"
+    for seed, dev in enumerate((0.80, 0.82, 0.90)):
+        append_record(path, {**hand_record("mrpc", "lora", seed, dev), "settings": {"epochs": 4.0}})
+    for seed, dev in enumerate((0.81, 0.85)):
+        append_record(path, hand_record("mrpc", "dynamic", seed, dev))
+    write_report(path, tmp_path / "report")
+    table = (tmp_path / "report" / "table1.csv").read_text()
+    assert f"{statistics.fmean([80, 82]):.2f} ± {statistics.stdev([80, 82]):.2f} (n=2)" in table
+    assert "83.00 ± 2.83 (n=2)" in table
+    rows = {r.split(",")[1]: r.split(",") for r in (tmp_path / "report" / "convergence.csv").read_text().splitlines()[1:]}
+    assert rows["lora"][5] == "0" and rows["dynamic"][5] == "2"  # lora's runs reached their 4-epoch cap

@@ -230,6 +230,15 @@ def test_early_stopping_stops_before_the_last_step(tiny_model_dir: Path, tiny_gl
     assert evaluate(tmp_path)["metrics"] == metrics["metrics"]
 
 
+def test_patience_running_out_at_the_last_evaluation_is_not_an_early_stop(
+        tiny_model_dir: Path, tiny_glue_dir: Path, tmp_path: Path) -> None:
+    # evaluations at steps 5, 10, 12 (the end): the second bad one is the run's last
+    metrics = train(tiny_config(tiny_model_dir, tiny_glue_dir, tmp_path, epochs=1, lr=1e-9, head_lr=1e-9,
+                                eval_every=5, early_stopping_patience=2))
+    assert metrics["steps"] == metrics["total_steps"] == 12
+    assert metrics["best_step"] == 5 and not metrics["stopped_early"]
+
+
 # -- every method ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_every_method_trains_and_evaluate_reproduces_it(method: str, tiny_model_dir: Path, tiny_glue_dir: Path,

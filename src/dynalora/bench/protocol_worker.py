@@ -59,10 +59,32 @@ def method_config(run: Path) -> dict[str, Any] | None:
     explicitly, so this is what shows, in the report, an arm whose runs were trained under
     different defaults (records made before and after a default changed)."""
     path = run / "best" / "dynalora_config.json"
-    if not path.is_file():  # methods saved in another format (PEFT AdaLoRA, full, head, ...)
+    if path.is_file():
+        config = json.loads(path.read_text()).get("config") or {}
+    elif (run / "best" / "adapter_config.json").is_file():  # PEFT's methods (AdaLoRA): its own config file
+        config = json.loads((run / "best" / "adapter_config.json").read_text())
+        config.pop("base_model_name_or_path", None)  # a path on the machine that ran it
+    else:  # full fine-tuning, head only, ...: no adapter config
         return None
-    config = json.loads(path.read_text()).get("config") or {}
     return {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}
+
+
+def data_digest(config: Any) -> dict[str, str]:
+    """A short sha256 of the rows each part of the run saw (texts and labels, in order): equal
+    digests across records mean the same training, selection and dev data, whatever the files
+    were called or wherever they lay."""
+    import hashlib
+
+    from dynalora.training.api import run_data
+
+    _, train, chosen_on, dev = run_data(config)
+    digest = {}
+    for name, rows in (("train", train), ("selection", chosen_on), ("dev", dev or [])):
+        h = hashlib.sha256()
+        for row in rows:
+            h.update(json.dumps([list(row.texts), row.label]).encode())
+        digest[name] = h.hexdigest()[:16]
+    return digest
 
 
 def majority_dev_score(config: Any) -> float:
@@ -120,7 +142,7 @@ def main(folder: str) -> None:
         "steps": metrics["steps"], "best_step": metrics["best_step"], "best_epoch": metrics["best_epoch"],
         "stopped_early": metrics["stopped_early"], "curve": eval_curve(run),
         "allocation": metrics.get("allocation"),  # dynamic / rank1: resizes, final ranks by module type, weights
-        "method_config": method_config(run),
+        "method_config": method_config(run), "data_digest": data_digest(config),
         "command": train_command({k: v for k, v in job["train"].items() if k not in ("output", "progress")}),
         "machine": machine_info(str(device)),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -90,8 +90,16 @@ def git_commit() -> str | None:
 
 
 def machine_info(device: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
+    libraries = {}
+    for name in ("transformers", "peft", "numpy", "scipy", "safetensors"):
+        try:
+            libraries[name] = version(name)
+        except PackageNotFoundError:  # peft is an extra
+            libraries[name] = None
     return {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": device,
-            "dynalora_commit": git_commit()}
+            "dynalora_commit": git_commit(), "libraries": libraries}

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from dynalora.analysis.tables import write_table
-from dynalora.bench.protocol import choose_lrs, expected_grids, grid_scores, paper_protocol
+from dynalora.bench.protocol import (
+    MAIN_ARMS,
+    choose_lrs,
+    expected_grids,
+    grid_scores,
+    paper_protocol,
+)
 from dynalora.bench.records import lr_text, read_records
 from dynalora.bench.report_plots import dot_plot
 from dynalora.bench.stats import MIN_WILCOXON, paired
@@ -108,6 +114,22 @@ def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float
     return cells
 
 
+def balanced(cells: dict[tuple[str, str], dict[int, float]], arms: tuple[str, ...] = MAIN_ARMS
+             ) -> dict[tuple[str, str], dict[int, float]]:
+    """Table 1's cells: on each task, the main arms keep only the seeds every one of them has,
+    so while a seed is half-way through its arms no arm's mean has a seed the others lack
+    (a seed is a draw of data order and head: an extra one moves a mean by itself)."""
+    out = dict(cells)
+    for task in {t for t, _ in cells}:
+        present = [a for a in arms if (task, a) in cells]
+        if len(present) < 2:
+            continue
+        common = set.intersection(*(set(cells[(task, a)]) for a in present))
+        for a in present:
+            out[(task, a)] = {s: v for s, v in cells[(task, a)].items() if s in common}
+    return out
+
+
 def mean_std_text(values: list[float]) -> str:
     if not values:
         return "–"
@@ -182,6 +204,13 @@ def choice_mark(choice: dict[str, Any] | None, lr: float, done: int, wanted: int
     return "yes (grid end)" if choice.get("at_grid_end") else "yes"
 
 
+def stopped_early(record: dict[str, Any]) -> bool:
+    """Patience ran out before the epoch cap (records before the fix also called a run stopped
+    when patience ran out at the very last evaluation)."""
+    cap = (record.get("settings") or {}).get("epochs", math.inf)
+    return bool(record["stopped_early"]) and record["epochs_run"] < cap - 1e-6
+
+
 def convergence_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
@@ -192,7 +221,7 @@ def convergence_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"task": task, "arm": arm, "runs": len(mine),
                      "epochs run (mean)": f"{statistics.fmean(r['epochs_run'] for r in mine):.1f}",
                      "best epoch (mean)": f"{statistics.fmean(r['best_epoch'] for r in mine):.1f}",
-                     "stopped early": sum(bool(r["stopped_early"]) for r in mine),
+                     "stopped early": sum(stopped_early(r) for r in mine),
                      "best at last evaluation": peaked_last,
                      "run time s (mean)": f"{statistics.fmean(r['run_wall_s'] for r in mine):.0f}"})
     return rows
@@ -251,8 +280,9 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     metric_note = "; ".join(f"{t}: {glue_metric_name(t)}" for t in tasks)
     parts = [f"# Protocol report\n\nFrom {records_path} ({len(records)} records, {len(runs)} counted). "
              f"Dev GLUE score x100 of the checkpoint chosen on the selection split ({metric_note}).\n"]
-    parts.append(write_table(table1(cells, tasks, arms), ["arm", *tasks, "GLUE average"], output / "table1",
-                             title="Table 1: dev GLUE score, mean ± std over seeds"))
+    parts.append(write_table(table1(balanced(cells), tasks, arms), ["arm", *tasks, "GLUE average"], output / "table1",
+                             title="Table 1: dev GLUE score, mean ± std over seeds (the main arms "
+                                   f"{', '.join(MAIN_ARMS)}: the seeds all of them have on the task)"))
     if reference in arms:
         note = (f"Each arm minus {reference}, seed by seed, in points; 95% t-interval over paired seeds; "
                 f"two-sided Wilcoxon signed-rank p (n < {MIN_WILCOXON}: n too small; at n = 5 the smallest "
@@ -263,10 +293,11 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     grid_tasks = sorted({r["task"] for r in records if r.get("stage") == "grid"})
     parts.append(write_table(lr_rows(records, chosen, expected), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
                              title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))
-    parts.append(write_table(convergence_rows(records), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
-                                                      "stopped early", "best at last evaluation", "run time s (mean)"],
-                             output / "convergence", title="Convergence: runs whose best was their last "
-                             "evaluation may have stopped too soon (every finished run, grid runs included)"))
+    parts.append(write_table(convergence_rows(runs), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
+                                                   "stopped early", "best at last evaluation", "run time s (mean)"],
+                             output / "convergence", title="Convergence of the counted runs: a run whose best was "
+                             "its last evaluation may have stopped too soon; `stopped early`: patience ran out "
+                             "before the epoch cap"))
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)"], output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))

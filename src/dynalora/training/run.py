@@ -211,7 +211,9 @@ def summary(outcome: RunOutcome) -> dict[str, Any]:
     return {
         "n_examples": best["n_examples"], "best_step": best["step"], "best_epoch": best["epoch"],
         "metrics": best["metrics"], "steps": state["step"], "total_steps": outcome.loop.total_steps,
-        "stopped_early": state["stopped"], "train_wall_s": round(state["train_wall_s"], 2),
+        # patience can run out at the very last evaluation: that run still trained to the end
+        "stopped_early": bool(state["stopped"]) and state["step"] < outcome.loop.total_steps,
+        "train_wall_s": round(state["train_wall_s"], 2),
         "trainable_params": trainable, "total_params": total, "lr": outcome.setup.lr,
         **{key: value for hook in outcome.loop.hooks for key, value in (hook.summary() or {}).items()},
         **processes_record(outcome.setup.prepared),
