@@ -271,7 +271,8 @@ def test_report_is_rebuilt_from_the_records_alone(tmp_path):
     later = (tmp_path / "report" / "paired_without_grid_seed.csv").read_text().splitlines()[1]
     assert later.startswith(f"dora,mrpc,4,{100 * paired(diffs[1:]).mean:+.2f},")  # seed 0 chose the lrs
     assert "| lora | 0.003 |  | 80.00 | 80.00 |" in text
-    assert (tmp_path / "report" / "dots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("dots.png", "paired.png"):
+        assert (tmp_path / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_paper_protocol_plan_and_cli(tmp_path, capsys):

@@ -28,8 +28,8 @@ from dynalora.bench.protocol import (
     paper_protocol,
 )
 from dynalora.bench.records import lr_text, read_records
-from dynalora.bench.report_plots import dot_plot
-from dynalora.bench.stats import MIN_WILCOXON, paired
+from dynalora.bench.report_plots import dot_plot, paired_plot
+from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
 
@@ -157,8 +157,10 @@ def table1(cells: dict, tasks: list[str], arms: list[str]) -> list[dict[str, Any
     return rows
 
 
-def paired_rows(cells: dict, tasks: list[str], arms: list[str], reference: str) -> list[dict[str, Any]]:
-    rows = []
+def paired_results(cells: dict, tasks: list[str], arms: list[str], reference: str) -> list[tuple[str, str, Paired]]:
+    """(arm, task or "average (k tasks)", paired statistics in points) for every arm but the
+    reference, per task it shares with the reference and on average over those tasks."""
+    out = []
     for arm in arms:
         if arm == reference:
             continue
@@ -167,20 +169,18 @@ def paired_rows(cells: dict, tasks: list[str], arms: list[str], reference: str) 
         for task in shared_tasks:
             mine, ref = cells[(task, arm)], cells[(task, reference)]
             seeds = sorted(set(mine) & set(ref))
-            rows.append(paired_row(arm, task, [mine[s] - ref[s] for s in seeds]))
+            out.append((arm, task, paired([mine[s] - ref[s] for s in seeds])))
             for s in seeds:
                 per_seed[s].append(mine[s] - ref[s])
         if len(shared_tasks) > 1:  # a seed counts on average only when it has every shared task
             whole = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(shared_tasks)]
-            rows.append(paired_row(arm, f"average ({len(shared_tasks)} tasks)", whole))
-    return rows
+            out.append((arm, f"average ({len(shared_tasks)} tasks)", paired(whole)))
+    return out
 
 
-def paired_row(arm: str, task: str, differences: list[float]) -> dict[str, Any]:
-    result = paired([d / 100 for d in differences])
-    return {"arm": arm, "task": task, "n": result.n,
-            "mean difference": "–" if result.n == 0 else f"{100 * result.mean:+.2f}",
-            "95% CI": result.interval_text(), "Wilcoxon p": result.p_text()}
+def paired_rows(results: list[tuple[str, str, Paired]]) -> list[dict[str, Any]]:
+    return [{"arm": arm, "task": task, "n": p.n, "mean difference": "–" if p.n == 0 else f"{p.mean:+.2f}",
+             "95% CI": p.interval_text(scale=1.0), "Wilcoxon p": p.p_text()} for arm, task, p in results]
 
 
 def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
@@ -289,16 +289,19 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
         note = (f"Each arm minus {reference}, seed by seed, in points; 95% t-interval over paired seeds; "
                 f"two-sided Wilcoxon signed-rank p (n < {MIN_WILCOXON}: n too small; at n = 5 the smallest "
                 "possible p is 0.0625).\n")
-        parts.append(write_table(
-            paired_rows(cells, tasks, arms, reference), PAIRED_COLUMNS,
-            output / "paired", title=f"Paired differences against {reference}") + "\n" + note)
+        results = paired_results(cells, tasks, arms, reference)
+        parts.append(write_table(paired_rows(results), PAIRED_COLUMNS, output / "paired",
+                                 title=f"Paired differences against {reference}") + "\n" + note)
+        if any(p.n >= 3 for _, _, p in results):
+            paired_plot(results, reference, output / "paired.png")
+            parts.append("![paired differences](paired.png)\n")
         # The grid seed's runs on the grid tasks chose the lr they are reported at (a mild
         # winner's curse): the same table without that seed shows whether it carries a result.
         later = {key: {s: v for s, v in seeds.items() if s != GRID_SEED} for key, seeds in cells.items()}
-        parts.append(write_table(
-            paired_rows(later, tasks, arms, reference), PAIRED_COLUMNS,
-            output / "paired_without_grid_seed",
-            title=f"Paired differences against {reference}, seed {GRID_SEED} left out (the seed of the lr grid)"))
+        parts.append(write_table(paired_rows(paired_results(later, tasks, arms, reference)), PAIRED_COLUMNS,
+                                 output / "paired_without_grid_seed",
+                                 title=f"Paired differences against {reference}, seed {GRID_SEED} left out "
+                                       "(the seed of the lr grid)"))
     grid_tasks = sorted({r["task"] for r in records if r.get("stage") == "grid"})
     parts.append(write_table(lr_rows(records, chosen, expected), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
                              title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))

@@ -1,4 +1,6 @@
-"""dots.png: every seed's dev score per task and arm, so a reader sees the spread, not just a mean."""
+"""The protocol report's figures. dots.png: every seed's dev score per task and arm, so a reader
+sees the spread, not just a mean; paired.png: each arm minus the reference with its 95% interval,
+so a reader sees at a glance which differences exclude 0."""
 
 from __future__ import annotations
 
@@ -62,5 +64,34 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], metr
         ax.axis("off")
     fig.suptitle("Every seed per task and arm (checkpoint chosen on the selection split; grid lines every "
                  "1 point where the range allows)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def paired_plot(results: list[tuple[str, str, Any]], reference: str, path: Path) -> Path:
+    """One panel per arm: its mean difference from `reference` (points) per task and on
+    average, with the 95% t-interval where there is one (n >= 3) and a line at 0."""
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(arm for arm, _, _ in results))
+    fig, axes = plt.subplots(len(arms), 1, figsize=(6.4, 0.45 + 0.42 * max(
+        sum(1 for a, _, _ in results if a == arm) for arm in arms) * len(arms) + 0.5 * len(arms)), squeeze=False, sharex=True)
+    for ax, arm in zip(axes.flat, arms):
+        mine = [(task, p) for a, task, p in results if a == arm and p.n > 0]
+        ys = list(range(len(mine)))[::-1]
+        for y, (task, p) in zip(ys, mine):
+            has_interval = not math.isnan(p.low)
+            color = "black" if task.startswith("average") else "tab:blue"
+            if has_interval:
+                ax.hlines(y, p.low, p.high, color=color, linewidth=1.5)
+            ax.plot([p.mean], [y], "o", color=color,
+                    markerfacecolor=color if has_interval else "white", zorder=3)
+        ax.axvline(0.0, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_yticks(ys, [f"{task} (n={p.n})" for task, p in mine], fontsize=8)
+        ax.set_ylim(-0.7, len(mine) - 0.3)
+        ax.grid(axis="x", color="0.85", linewidth=0.6)
+        ax.set_title(f"{arm} − {reference}", fontsize=9)
+    axes.flat[-1].set_xlabel("dev GLUE points, paired over seeds (bar: 95% t-interval; open dot: n < 3, "
+                             "no interval)", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
