@@ -277,9 +277,13 @@ def test_report_is_rebuilt_from_the_records_alone(tmp_path):
 
 def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     protocol = paper_protocol()
-    assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "3", "sst2"]
+    assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "3", "sst2", "low-rank"]
     tier1 = protocol.tier("1")
     assert len(tier1.arms) * len(tier1.tasks) * len(tier1.seeds) == 60
+    # the low-rank arms both train at LoRA's chosen lr, at r=2 with LoRA's scale alpha / r = 2
+    low = seed_jobs(protocol, protocol.tier("low-rank"), {"lora": 3e-4, "dynamic": 1e-3})
+    assert {(j.lr, j.settings["rank"], j.settings["alpha"]) for j in low} == {(3e-4, 2, 4.0)}
+    assert {j.arm.method for j in low} == {"lora", "dynamic"} and len(low) == 12
     assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
                  "--records", str(tmp_path / "runs.jsonl")]) == 0
     assert "6 runs left" in capsys.readouterr().out  # 2 arms x 3 lrs on the one grid task
