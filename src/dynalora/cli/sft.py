@@ -19,13 +19,20 @@ def add_parser(subparsers: Any) -> None:
         description="Supervised fine-tuning of a decoder LLM with lora, dynamic or rank1 adapters; the "
                     "loss counts response tokens only. Writes into --output the adapter, metrics.json "
                     "(held-out loss and perplexity before and after), log.jsonl, curves.png, "
-                    "checkpoints, allocation.json/png (dynamic, rank1: ranks per layer), "
+                    "checkpoints, allocation.json/png (dynamic, rank1: ranks per layer), gates.png (rank1 "
+                    "with scalar gates: |gate| per component), "
                     "samples.jsonl (the first --samples held-out prompts answered by the base model "
                     "and by the adapter; exact match too for GSM8K-style answers) and report.md "
                     "(all of it side by side), and prints the final metrics as JSON. The saved adapter is the "
                     "evaluation with the lowest held-out loss, or the best --metric-for-best-model (e.g. "
-                    "exact_match, measured by generating at each evaluation). Try the result "
-                    "with `dynalora generate --adapter OUTPUT --prompt ...`.")
+                    "exact_match, measured by generating at each evaluation). Data: one .jsonl/.json file "
+                    "of records; --preset gsm8k (question/answer), alpaca (instruction/input/output), "
+                    "generic (prompt/response) or messages (OpenAI or ShareGPT turns) sets the fields, "
+                    "default: detected from the first record. --strip-calculator (on by default) removes "
+                    "every <<...>> span from the answers in every layout, not only GSM8K's; use "
+                    "--no-strip-calculator for other data that may contain them. --stop takes several "
+                    "strings after one flag (--stop A B); a second --stop replaces the first. Try the "
+                    "result with `dynalora generate --adapter OUTPUT --prompt ...`.")
     add_config_flags(parser, SftConfig)
     parser.set_defaults(func=run)
 

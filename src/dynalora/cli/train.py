@@ -104,7 +104,9 @@ def add_parser(subparsers: Any) -> None:
         "train", help=HELP,
         description="Fine-tune a sequence classifier (default: the packaged MiniLM) with one of the "
                     "methods; writes the adapter, metrics.json, log.jsonl, curves.png and checkpoints "
-                    "into --output, and prints the final metrics as JSON.")
+                    "into --output, and prints the final metrics as JSON. --min-epochs applies to every "
+                    "method (no best model and no early stop before it); dynamic, rank1 and peft-adalora "
+                    "also schedule their rank allocation or pruning to end by then.")
     add_config_flags(parser, TrainConfig)
     parser.set_defaults(func=run)
 

@@ -229,7 +229,8 @@ def _load_plain(classifier: SequenceClassifier, folder: Path, metadata: dict[str
 for _method in (
     Method("lora", 1e-3, prepare_lora, _load_lora, "LoRA on the query/value projections"),
     Method("dynamic", 1e-3, _prepare_allocating("DynamicLoraConfig"), _load_lora,
-           "dynamic LoRA: importance-weighted, input-variance-driven ranks"),
+           "dynamic LoRA: importance-driven per-layer learning-rate weights and ranks within LoRA's "
+           "parameter budget (input variance only with beta > 0; off by default)"),
     Method("rank1", 1e-3, _prepare_allocating("Rank1LoraConfig"), _load_lora,
            "Rank-1 Sum LoRA: gated rank-1 components, pruned to a budget"),
     Method("full", 5e-5, prepare_full, _load_plain, "full fine-tuning: every weight trains"),
