@@ -60,3 +60,12 @@ def test_an_unreachable_hub_id_is_a_one_line_error(tiny_glue_dir: Path, tmp_path
     code, _, stderr = run_cli(capsys, "train", "--model", "no-such-org/no-such-model", "--data-dir", tiny_glue_dir,
                               "--task", "sst2", "--output", tmp_path / "run", "--no-progress")
     assert code == 2 and "no-such-org/no-such-model" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_repeated_list_flag_adds_to_the_list(tmp_path: Path) -> None:
+    from dynalora.llm.sft import SftConfig
+
+    argv = ["sft", "--data", str(tmp_path / "d.jsonl"), "--stop", "A", "B", "--stop", "C",
+            "--target-modules", "q_proj", "--target-modules", "v_proj"]
+    config = config_from_args(build_parser("sft").parse_args(argv), SftConfig)
+    assert config.stop == ["A", "B", "C"] and config.target_modules == ["q_proj", "v_proj"]

@@ -133,3 +133,8 @@ def test_gsm8k_calculator_annotations_can_be_stripped(tmp_path):
     kept, stripped = load_sft_records(path), load_sft_records(path, strip_calculator_annotations=True)
     assert kept[0].response == answer and stripped[0].response == strip_calculator(answer)
     assert stripped[0].prompt == "Q<<1>>?"  # only answers are touched
+    # by default only GSM8K's layout is stripped: elsewhere << >> can be real text
+    assert load_sft_records(path, strip_calculator_annotations=None)[0].response == strip_calculator(answer)
+    code = "std::cout << x; std::cin >> y;"
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "I/O in C++?", "input": "", "output": code}])
+    assert load_sft_records(alpaca, strip_calculator_annotations=None)[0].response == code

@@ -64,9 +64,10 @@ class DynamicLoraConfig(LoraConfig):
         `hysteresis`: a layer whose target differs from its rank by at most this much keeps
         its rank (the others share what is left of the budget): changes of one rank are
         noise, and each change costs an SVD reparametrisation or fresh components.
-    Schedule (2d). `reallocations` reallocations (default 4, at t_warmup + k * delta_t, the
-        last at t_final; delta_t None: (t_final - t_warmup) / reallocations; 0: ranks never
-        change, the ablation "weights without reallocation"). Weights move
+    Schedule (2d). `reallocations` reallocations (default 4, at t_warmup + k * delta_t;
+        delta_t None: (t_final - t_warmup) // reallocations, whole steps, so the last comes up
+        to reallocations - 1 steps before t_final; 0: ranks never change, the ablation
+        "weights without reallocation"). Weights move
         from t_warmup + 1 to t_final; after t_final ranks, weights and statistics are frozen
         (the frozen weights keep scaling the learning rates). Few, large reallocations settle;
         the old 12 made each layer's rank reverse direction 2.5 times on average.

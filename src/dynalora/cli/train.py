@@ -86,7 +86,8 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     if kind in ("bool", "bool | None"):  # unset stays None: the flag given or not, never a default value
         parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **options)
     elif kind.startswith("list"):
-        parser.add_argument(*flags, nargs="+", metavar="NAME", **options)
+        # a repeated flag adds to the list (`--stop A --stop B` is `--stop A B`), as `generate` does
+        parser.add_argument(*flags, nargs="+", action="extend", metavar=f.metadata.get("metavar", "NAME"), **options)
     elif kind.startswith("dict"):
         parser.add_argument(*flags, nargs="+", type=key_value, metavar="KEY=VALUE", **options)
     else:

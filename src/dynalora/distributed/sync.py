@@ -61,8 +61,9 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], extra: Sequence[float] 
 def broadcast_parameters(params: Sequence[torch.Tensor], src: int = 0) -> None:
     """Overwrite `params` everywhere with process `src`'s values (one flattened broadcast).
 
-    Used after a reallocation: fresh adapter rows are drawn from each process's own random
-    generator, which dropout has advanced differently on different shards.
+    Used after a reallocation, as a safeguard: every process computes the same resized
+    adapters (fresh rows come from a generator seeded by the step), but a decomposition (the
+    SVD shrink) may round differently on different devices.
     """
     if not current().distributed:
         return

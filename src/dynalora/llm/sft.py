@@ -116,8 +116,11 @@ class SftConfig(RunConfig):
     eval_data: str | None = setting(None, "held-out records for loss/perplexity; default: a held-out 5 percent "
                                           "of --data (at most 200)")
     packing: bool = setting(False, "pack several records into each training sequence (fewer pad tokens)")
-    preset: str | None = setting(None, f"record layout: {', '.join(PRESETS)}; default: detected from the first "
-                                       "record", choices=(*PRESETS, "messages"))
+    preset: str | None = setting(None, "record layout, which sets the prompt / response / input fields: "
+                                       + "; ".join(f"{name}: {'/'.join(f for f in fields if f)}"
+                                                   for name, fields in PRESETS.items())
+                                       + "; messages: a list of role/content turns; default: detected from "
+                                         "the first record", choices=(*PRESETS, "messages"))
     prompt_field: str | None = setting(None, "field holding the prompt (overrides the preset)")
     response_field: str | None = setting(None, "field holding the response (overrides the preset)")
     input_field: str | None = setting(None, "optional field appended to the prompt (Alpaca's 'input')")
@@ -137,11 +140,14 @@ class SftConfig(RunConfig):
     penalize_prompt: bool = setting(False, "let the repetition penalty count the prompt's tokens too, as "
                                            "transformers' generate does (default: the answer's tokens only)")
     no_repeat_ngram_size: int | None = setting(None, "never repeat an n-gram of this many tokens in those answers")
-    stop: list[str] = setting([], "stop strings that end those answers")
+    stop: list[str] = setting([], "stop strings that end those answers (several after one flag: --stop A B)",
+                              metavar="TEXT")
     baseline_samples: str | None = setting(None, "samples.jsonl of an earlier run on the same held-out prompts and "
                                                  "generation settings: reuse its base-model answers")
-    strip_calculator: bool = setting(True, "remove GSM8K's <<a=b>> calculator annotations from the answers (the "
-                                           "model has no calculator when it generates)")
+    strip_calculator: bool | None = setting(None, "remove <<a=b>> calculator annotations (GSM8K's) from the "
+                                                  "answers, in every layout when on (the model has no calculator "
+                                                  "when it generates); default: on for the gsm8k layout (given "
+                                                  "or detected), off for others, where << >> may be real text")
     metric_for_best_model: str = setting("loss", "what chooses the saved checkpoint and drives early stopping: "
                                                  "loss or perplexity (held-out), or a generation metric measured "
                                                  "at each evaluation on --eval-generation-samples fixed held-out "

@@ -54,7 +54,7 @@ class TrainConfig(RunConfig):
                                     "(a fixed stratified slice of train; dev is then evaluated once, at the end)",
                              choices=SELECTIONS)
     min_epochs: float | None = setting(None, "no best model and no early stop before this many epochs "
-                                             "(peft-adalora also finishes its rank budgeting by then)", above=0)
+                                             "(dynamic, rank1 and peft-adalora schedule their rank budgeting to end by then)", above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

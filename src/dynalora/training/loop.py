@@ -221,8 +221,9 @@ class TrainingLoop:
             hook.after_optimizer_step(self.state["step"])
         live = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.process.distributed and any(a is not b for a, b in zip(params, live)):
-            # a reallocation replaced adapter parameters; fresh rows came from each process's
-            # own random generator, so rank 0's values are made everyone's
+            # a reallocation replaced adapter parameters: every process computed the same ones
+            # (growth is seeded by the step), but an SVD may round differently on another
+            # device, so rank 0's values are made everyone's (a cheap guarantee)
             broadcast_parameters(live)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
