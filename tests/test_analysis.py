@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from dynalora.analysis import (
     analyze,
     phi,
     phi_grid,
+    spectrum,
 )
 from dynalora.analysis.subspace import singular_directions
 from dynalora.files import AdapterFileError
@@ -101,7 +103,9 @@ def test_analyze_writes_tables_and_plots_for_two_adapters(tmp_path, capsys):
     name, adapter = next(iter(lora.adapter_modules().items()))
     row = next(r for r in result["amplification_1"] if r["layer"] == name)
     assert row["delta_norm"] == pytest.approx(float(adapter.delta_weight().detach().norm()), rel=1e-5)
-    for file in ("amplification_1.csv", "amplification_1.md", "amplification_1.png", "amplification_2.png",
+    assert {row["r"] for row in result["spectrum_1"]} == {4} and {row["r"] for row in result["spectrum_2"]} == {2}
+    assert all(1.0 <= row["effective_rank"] <= 4.0 for row in result["spectrum_1"])
+    for file in ("spectrum_1.csv", "spectrum_2.md", "amplification_1.csv", "amplification_1.md", "amplification_1.png", "amplification_2.png",
                  "subspace.csv", "subspace.md", "subspace.png", "analysis.json"):
         assert (tmp_path / "out" / file).stat().st_size > 0, file
     assert json.loads((tmp_path / "out" / "analysis.json").read_text())["source"] == "delta-in"
@@ -120,3 +124,17 @@ def test_analyze_errors_name_the_problem(tmp_path):
         analyze([first], tmp_path / "out", base=other)
     with pytest.raises(ValueError, match="one or two"):
         analyze([first] * 3, tmp_path / "out", base=tmp_path / "base")
+
+
+def test_spectrum_of_an_update_with_known_singular_values():
+    """Singular values 4 and 3 (energy 16 : 9) in a rank-3 slot: effective rank
+    exp(-(.64 ln .64 + .36 ln .36)) = 1.92, top-1 energy 0.64, 90% needs both directions;
+    a zero update uses nothing."""
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    delta = 4.0 * torch.outer(q[:, 0], q[:, 1]) + 3.0 * torch.outer(q[:, 2], q[:, 3])
+    result = spectrum(delta, 3)
+    assert result["effective_rank"] == pytest.approx(math.exp(-(0.64 * math.log(0.64) + 0.36 * math.log(0.36))))
+    assert result["top1_energy"] == pytest.approx(0.64) and result["top2_energy"] == pytest.approx(1.0)
+    assert result["rank_for_90"] == 2
+    assert spectrum(torch.outer(q[:, 0], q[:, 1]), 1)["rank_for_90"] == 1
+    assert spectrum(torch.zeros(6, 6), 3)["effective_rank"] == 0.0

@@ -95,6 +95,8 @@ def test_grid_then_seeds_resume_from_a_partial_records_file(tiny, tmp_path, in_p
     assert len({json.dumps(r["data_digest"], sort_keys=True) for r in first}) == 1
     assert len(set(record["data_digest"].values())) == 3
     assert record["machine"]["libraries"]["transformers"]
+    use = record["rank_use"]  # the chosen adapter's rank use per module type, at rank 4
+    assert use and all(u["r"] == 4 and 1.0 <= u["effective_rank"] <= 4.0 for u in use.values())
     assert "--selection split" in record["command"] and set(record["dev"]) >= {"glue", "accuracy"}
     chosen = json.loads((tmp_path / "lr_choice.json").read_text())["lora"]
     best = max(first, key=lambda r: (r["selection_score"], -r["lr"]))
@@ -447,3 +449,14 @@ def test_table1_compares_the_main_arms_on_the_seeds_they_share(tmp_path):
     assert "83.00 ± 2.83 (n=2)" in table
     rows = {r.split(",")[1]: r.split(",") for r in (tmp_path / "report" / "convergence.csv").read_text().splitlines()[1:]}
     assert rows["lora"][5] == "0" and rows["dynamic"][5] == "2"  # lora's runs reached their 4-epoch cap
+
+
+def test_report_shows_how_much_of_its_rank_each_arm_uses(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    for seed, used in enumerate((2.0, 3.0)):
+        append_record(path, {**hand_record("mrpc", "lora", seed, 0.8),
+                             "rank_use": {"intermediate.dense": {"layers": 6, "r": 8.0, "effective_rank": used,
+                                                                 "top2_energy": 0.8}}})
+    append_record(path, hand_record("mrpc", "dynamic", 0, 0.8))  # older records carry none
+    text = write_report(path, tmp_path / "report")
+    assert "| lora | mrpc | 2 | 2.5 / 8.0 |" in text and "| dynamic | mrpc |" not in text.split("Rank use")[1]

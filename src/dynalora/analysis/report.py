@@ -2,8 +2,9 @@
 
     analyze(["runs/r8/adapter", "runs/r64/adapter"], "analysis/")
 
-writes `amplification_<k>.{csv,md,png}` for each adapter (needs the base weights: taken from
-the adapter's recorded base model folder, or `base=`), and for two adapters
+writes `spectrum_<k>.{csv,md}` for each adapter (how much of each layer's rank its update
+uses: effective rank, top-k energy), `amplification_<k>.{csv,md,png}` (needs the base weights:
+taken from the adapter's recorded base model folder, or `base=`), and for two adapters
 `subspace.{csv,md}` and `subspace.png` (phi heatmaps per layer), plus `analysis.json`.
 """
 
@@ -19,6 +20,7 @@ from dynalora.adapters.model import CONFIG_FILE
 from dynalora.analysis.amplification import amplification
 from dynalora.analysis.factors import load_base_weights, load_factors
 from dynalora.analysis.plots import amplification_bars, phi_heatmaps
+from dynalora.analysis.spectrum import SPECTRUM_COLUMNS, spectrum_rows
 from dynalora.analysis.subspace import adapter_similarity
 from dynalora.analysis.tables import write_table
 from dynalora.files import AdapterFileError, read_json, write_json
@@ -89,6 +91,12 @@ def analyze(adapters: list[str | Path], output: str | Path, base: str | Path | N
     output.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"adapters": [str(a) for a in adapters], "source": source}
     for k, adapter in enumerate(adapters, start=1):
+        rows = spectrum_rows(read_factors(adapter)[0])
+        text = write_table(rows, SPECTRUM_COLUMNS, output / f"spectrum_{k}",
+                           title=f"Rank use, adapter {k}: {adapter}", digits=3)
+        result[f"spectrum_{k}"] = rows
+        if echo:
+            print(text)
         rows = amplification_rows(adapter, base, seed)
         text = write_table(rows, AMPLIFICATION_COLUMNS, output / f"amplification_{k}",
                            title=f"Amplification, adapter {k}: {adapter}", digits=3)

@@ -69,6 +69,17 @@ def method_config(run: Path) -> dict[str, Any] | None:
     return {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}
 
 
+def rank_use(run: Path) -> dict[str, dict[str, float]] | None:
+    """How much of its rank the chosen adapter's update uses, per module type (see
+    dynalora.analysis.spectrum); None for methods without a dynalora LoRA adapter."""
+    if not (run / "best" / "dynalora_config.json").is_file():
+        return None
+    from dynalora.analysis.factors import load_factors
+    from dynalora.analysis.spectrum import rank_use_by_type
+
+    return rank_use_by_type(load_factors(run / "best")[0])
+
+
 def data_digest(config: Any) -> dict[str, str]:
     """A short sha256 of the rows each part of the run saw (texts and labels, in order): equal
     digests across records mean the same training, selection and dev data, whatever the files
@@ -142,7 +153,7 @@ def main(folder: str) -> None:
         "steps": metrics["steps"], "best_step": metrics["best_step"], "best_epoch": metrics["best_epoch"],
         "stopped_early": metrics["stopped_early"], "curve": eval_curve(run),
         "allocation": metrics.get("allocation"),  # dynamic / rank1: resizes, final ranks by module type, weights
-        "method_config": method_config(run), "data_digest": data_digest(config),
+        "method_config": method_config(run), "data_digest": data_digest(config), "rank_use": rank_use(run),
         "command": train_command({k: v for k, v in job["train"].items() if k not in ("output", "progress")}),
         "machine": machine_info(str(device)),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

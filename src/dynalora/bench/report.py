@@ -270,6 +270,25 @@ def allocation_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     return rows, kinds
 
 
+def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """How much of its rank each arm's chosen adapters use, per task and module type: mean
+    effective rank / mean rank (records that carry `rank_use`, see dynalora.analysis.spectrum)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if r.get("rank_use"):
+            groups[(r["arm"], r["task"])].append(r["rank_use"])
+    kinds = sorted({k for uses in groups.values() for u in uses for k in u})
+    rows = []
+    for (arm, task), uses in groups.items():
+        row: dict[str, Any] = {"arm": arm, "task": task, "runs": len(uses)}
+        for kind in kinds:
+            mine = [u[kind] for u in uses if kind in u]
+            row[kind] = (f"{statistics.fmean(m['effective_rank'] for m in mine):.1f} / "
+                         f"{statistics.fmean(m['r'] for m in mine):.1f}") if mine else "–"
+        rows.append(row)
+    return rows, kinds
+
+
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
     """Every table and dots.png into `output`; returns report.md's text."""
     records = read_records(records_path)
@@ -319,6 +338,11 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
                                               "weights (min-max)"], output / "allocation",
                                  title="Allocation: final mean rank per module type (uniform LoRA: every rank "
                                        "at --rank), resizes, rank reversals per layer, weight range"))
+    use, kinds = rank_use_rows(runs)
+    if use:
+        parts.append(write_table(use, ["arm", "task", "runs", *kinds], output / "rank_use",
+                                 title="Rank use: mean effective rank / mean rank of the chosen adapters' updates "
+                                       "per module type (a budget binds when the two are close)"))
     conflicts = config_conflicts(runs, arms)
     for stale in (output / "config_conflicts.csv", output / "config_conflicts.md"):
         stale.unlink(missing_ok=True)  # a warning of an earlier report that no longer holds

@@ -1,0 +1,75 @@
+"""How much of its rank each trained adapter uses, over the protocol's run folders.
+
+For every run folder with a dynalora adapter in `best/` (LoRA, dynamic LoRA, Rank-1), the
+effective rank and top-2 energy of each layer's update (dynalora.analysis.spectrum), averaged
+per arm, task and module type. The question it answers: does the rank budget bind? If LoRA at
+r=8 uses about 3 directions per layer, moving rank between layers has little to gain.
+
+    .venv/bin/python benchmarks/rank_use.py runs/bench-paper          # the bench's run folders
+    .venv/bin/python benchmarks/rank_use.py /work/wt/evidence/runs/bench-paper --output benchmarks/results/rank_use
+
+Folders are read as <tier>/<task>/<arm>/lr<lr>/seed<k>/best (the paper bench's layout); runs
+still in flight (a checkpoints/ folder beside best/) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bench_common import result_header
+
+from dynalora.analysis.factors import load_factors
+from dynalora.analysis.spectrum import rank_use_by_type
+from dynalora.analysis.tables import write_table
+from dynalora.files import write_json
+
+
+def collect(root: Path) -> dict[tuple[str, str], list[dict]]:
+    """(arm, task) -> the rank use of each run folder under `root`."""
+    found: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for best in sorted(root.glob("*/*/*/lr*/seed*/best")):
+        # a finished run's folder has no checkpoints left (the worker removes them); a run in
+        # flight has them, and its best/ is not final
+        if (best / "dynalora_config.json").is_file() and not (best.parent / "checkpoints").exists():
+            task, arm = best.parts[-5], best.parts[-4]
+            found[(arm, task)].append(rank_use_by_type(load_factors(best)[0]))
+    return found
+
+
+def rows_of(found: dict[tuple[str, str], list[dict]]) -> tuple[list[dict], list[str]]:
+    kinds = sorted({k for uses in found.values() for u in uses for k in u})
+    rows = []
+    for (arm, task), uses in sorted(found.items()):
+        row = {"arm": arm, "task": task, "runs": len(uses)}
+        for kind in kinds:
+            mine = [u[kind] for u in uses if kind in u]
+            row[kind] = (f"{statistics.fmean(m['effective_rank'] for m in mine):.2f} / "
+                         f"{statistics.fmean(m['r'] for m in mine):.1f} "
+                         f"({statistics.fmean(m['top2_energy'] for m in mine):.2f})")
+        rows.append(row)
+    return rows, kinds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="the bench's run folder (runs/bench-paper)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "rank_use"),
+                        help="stem of the .json / .md / .csv results")
+    args = parser.parse_args(argv)
+    found = collect(Path(args.root))
+    if not found:
+        sys.exit(f"{args.root}: no run folders with a dynalora adapter (<tier>/<task>/<arm>/lr*/seed*/best)")
+    rows, kinds = rows_of(found)
+    text = write_table(rows, ["arm", "task", "runs", *kinds], Path(args.output),
+                       title="Rank use: mean effective rank / mean rank (top-2 energy share) per module type")
+    write_json(Path(args.output + ".json"), {**result_header(__file__, argv, args, []), "rows": rows,
+                                             "runs": {f"{a}/{t}": uses for (a, t), uses in found.items()}})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""How much of its rank an adapter uses: the singular values of each layer's Delta W.
+
+A layer trained at rank r has at most r non-zero singular values s_1 >= ... >= s_r. Their
+energy shares p_i = s_i^2 / sum s^2 say how the update spreads over its directions:
+  effective rank   exp(-sum p_i log p_i): 1 when one direction holds everything, r when all
+                   hold the same (Roy & Vetterli's entropy rank);
+  top-k energy     p_1 + ... + p_k;
+  rank for 90%     the fewest directions holding 90% of the energy.
+A budget binds when layers use their whole rank; LoRA at r=8 on MiniLM's GLUE runs uses about
+3 of 8 (docs/results/dynamic_v2/NOTES.md), so moving rank between layers has little to gain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dynalora.analysis.factors import LayerFactors
+
+SPECTRUM_COLUMNS = ["layer", "r", "effective_rank", "top1_energy", "top2_energy", "rank_for_90"]
+
+
+def spectrum(delta: torch.Tensor, r: int) -> dict[str, float | int]:
+    """Effective rank, top-1 / top-2 energy share and the rank holding 90% of the energy of a
+    rank-`r` update (all 0 for a zero update)."""
+    values = torch.linalg.svdvals(delta.double())[: max(r, 0)]
+    energy = values.square()
+    total = float(energy.sum())
+    if r <= 0 or total == 0.0:
+        return {"r": r, "effective_rank": 0.0, "top1_energy": 0.0, "top2_energy": 0.0, "rank_for_90": 0}
+    share = energy / total
+    entropy = -float((share * torch.log(share.clamp_min(1e-300))).sum())
+    cumulative = torch.cumsum(share, 0)
+    return {"r": r, "effective_rank": math.exp(entropy), "top1_energy": float(share[0]),
+            "top2_energy": float(cumulative[min(1, len(share) - 1)]),
+            "rank_for_90": int((cumulative < 0.9 - 1e-12).sum()) + 1}
+
+
+def spectrum_rows(layers: dict[str, LayerFactors]) -> list[dict]:
+    return [{"layer": name, **spectrum(f.delta, f.r)} for name, f in layers.items()]
+
+
+def rank_use_by_type(layers: dict[str, LayerFactors]) -> dict[str, dict[str, float]]:
+    """Per module type (attention.self.query, intermediate.dense, ...): layers, mean rank,
+    mean effective rank and mean top-2 energy share of the layers' updates."""
+    from dynalora.allocation.plot import module_type
+
+    groups: dict[str, list[dict]] = {}
+    for row in spectrum_rows(layers):
+        groups.setdefault(module_type(row["layer"]), []).append(row)
+    return {kind: {"layers": len(rows), "r": round(sum(r["r"] for r in rows) / len(rows), 3),
+                   "effective_rank": round(sum(r["effective_rank"] for r in rows) / len(rows), 3),
+                   "top2_energy": round(sum(r["top2_energy"] for r in rows) / len(rows), 3)}
+            for kind, rows in sorted(groups.items())}
