@@ -1,11 +1,11 @@
-"""`dynalora analyze`: the LoRA paper's subspace similarity and amplification of saved adapters."""
+"""`dynalora analyze`: rank use, and the LoRA paper's subspace similarity and amplification of saved adapters."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-HELP = "subspace similarity and amplification of one or two trained adapters"  # its line in `dynalora --help`
+HELP = "rank use, subspace similarity and amplification of one or two trained adapters"  # its line in `dynalora --help`
 
 
 def add_parser(subparsers: Any) -> None:
@@ -14,7 +14,9 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "analyze", help=HELP,
         description="The analyses of the LoRA paper (section 7) on LoRA-family run folders "
-                    "(lora, dynamic, rank1). For each adapter, per layer: the amplification "
+                    "(lora, dynamic, rank1). For each adapter, per layer: how much of its rank the "
+                    "update uses (effective rank, top-1/top-2 energy share, rank holding 90%% of the "
+                    "energy: spectrum_<k>), and the amplification "
                     "||Delta W|| / ||U^T W0 V|| along Delta W's top singular directions, against "
                     "W0's own top directions and random ones. For two adapters also the subspace "
                     "similarity phi(i, j) between their top-i and top-j singular directions, per "
