@@ -15,7 +15,7 @@ def add_parser(subparsers: Any) -> None:
         "analyze", help=HELP,
         description="The analyses of the LoRA paper (section 7) on LoRA-family run folders "
                     "(lora, dynamic, rank1). For each adapter, per layer: how much of its rank the "
-                    "update uses (effective rank, top-1/top-2 energy share, rank holding 90%% of the "
+                    "update uses (effective rank, top-1/top-2 energy share, rank holding 90% of the "
                     "energy: spectrum_<k>), and the amplification "
                     "||Delta W|| / ||U^T W0 V|| along Delta W's top singular directions, against "
                     "W0's own top directions and random ones. For two adapters also the subspace "

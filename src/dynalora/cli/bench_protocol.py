@@ -76,7 +76,7 @@ def add_report_parser(commands: Any) -> None:
         "report", help="tables and plots of the protocol, from runs.jsonl alone",
         description="Read runs.jsonl and write into --output: table1 (dev GLUE score per task and arm, "
                     "mean ± std over seeds, GLUE average), paired (each arm minus LoRA per task and on "
-                    "average: mean difference, 95%% t-interval over paired seeds, Wilcoxon p), lr_grid "
+                    "average: mean difference, 95% t-interval over paired seeds, Wilcoxon p), lr_grid "
                     "(selection scores of the learning-rate grid), convergence and budget tables, and "
                     "dots.png (every seed per task, majority-class line).")
     parser.add_argument("--records", default=DEFAULT_RECORDS, metavar="FILE", help=f"(default: {DEFAULT_RECORDS})")
