@@ -45,6 +45,19 @@ def test_the_only_layer_that_matters_gets_the_larger_rank_and_no_weight_sits_at_
     assert controller.summary()["parameters"] == controller.budget
 
 
+def test_at_rank_2_the_budget_still_moves_to_the_layer_that_matters():
+    """A hysteresis of one rank is half of a rank-2 layer: it kept every layer at 2 (0 resizes in
+    a full CoLA run). The default drops it below r = 4, so the budget moves."""
+    config = DynamicLoraConfig(r=2, target_modules=["a", "b"])
+    assert config.hysteresis == 0 and DynamicLoraConfig(r=8).hysteresis == 1
+    model, controller, _ = toy_training(TwoLayerToy(use_b=False), config, 60)
+    assert model.ranks()["a"] > 2 > model.ranks()["b"] >= config.r_min
+    assert controller.summary()["parameters"] == controller.budget
+    stuck = DynamicLoraConfig(r=2, target_modules=["a", "b"], hysteresis=1)  # the old default
+    model, _, _ = toy_training(TwoLayerToy(use_b=False), stuck, 60)
+    assert model.ranks() == {"a": 2, "b": 2}
+
+
 def test_ranks_settle_on_a_stationary_problem():
     names = [f"layers.{i}" for i in range(6)]
     uses = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]

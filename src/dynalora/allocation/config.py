@@ -63,7 +63,10 @@ class DynamicLoraConfig(LoraConfig):
         beta = 1, gamma = 0 is the paper-literal rule. r_min = 1 keeps every layer trainable.
         `hysteresis`: a layer whose target differs from its rank by at most this much keeps
         its rank (the others share what is left of the budget): changes of one rank are
-        noise, and each change costs an SVD reparametrisation or fresh components.
+        noise, and each change costs an SVD reparametrisation or fresh components. None (the
+        default): 1 for r = 4 to 15, r // 8 above, and 0 below r = 4, where one rank is a
+        quarter or more of a layer's rank, not noise: at r = 2 a hysteresis of 1 kept every
+        layer at 2 (0 resizes in a full CoLA run, weights 0.64-2.0).
     Schedule (2d). `reallocations` reallocations (default 4, at t_warmup + k * delta_t;
         delta_t None: (t_final - t_warmup) // reallocations, whole steps, so the last comes up
         to reallocations - 1 steps before t_final; 0: ranks never change, the ablation
@@ -108,7 +111,7 @@ class DynamicLoraConfig(LoraConfig):
     r_max: int | None = None
     budget: int | None = None
     budget_exact: bool = True
-    hysteresis: int = 1
+    hysteresis: int | None = None
     reallocations: int = 4
     t_warmup: int | None = None
     t_final: int | None = None
@@ -141,6 +144,8 @@ class DynamicLoraConfig(LoraConfig):
             check(_pos_int(getattr(self, name)), name, "must be a positive integer", getattr(self, name))
         check(is_int(self.reallocations) and self.reallocations >= 0, "reallocations",
               "must be an integer >= 0 (0: ranks never change)", self.reallocations)
+        if self.hysteresis is None:
+            self.hysteresis = 0 if self.r < 4 else max(1, self.r // 8)
         check(is_int(self.hysteresis) and self.hysteresis >= 0, "hysteresis", "must be an integer >= 0",
               self.hysteresis)
         check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0", self.r_min)
