@@ -1,12 +1,14 @@
 """How much of its rank each trained adapter uses, over the protocol's run folders.
 
 For every run folder with a dynalora adapter in `best/` (LoRA, dynamic LoRA, Rank-1), the
-effective rank and top-2 energy of each layer's update (dynalora.analysis.spectrum), averaged
-per arm, task and module type. The question it answers: does the rank budget bind? If LoRA at
-r=8 uses about 3 directions per layer, moving rank between layers has little to gain.
+number of directions holding 90% of each layer's update energy and its effective rank
+(dynalora.analysis.spectrum), averaged per arm, task and module type. The question it answers:
+does the rank budget bind? If LoRA at r=8 puts 90% of an update in 3-4 directions, moving rank
+between layers has little to gain.
 
     .venv/bin/python benchmarks/rank_use.py runs/bench-paper          # the bench's run folders
-    .venv/bin/python benchmarks/rank_use.py /work/wt/evidence/runs/bench-paper --output benchmarks/results/rank_use
+    .venv/bin/python benchmarks/rank_use.py /work/wt/evidence/runs/bench-paper \
+        --records docs/results/paper/runs.jsonl --output benchmarks/results/rank_use
 
 Folders are read as <tier>/<task>/<arm>/lr<lr>/seed<k>/best (the paper bench's layout); runs
 still in flight (a checkpoints/ folder beside best/) are left out.
@@ -25,18 +27,29 @@ from bench_common import result_header
 from dynalora.analysis.factors import load_factors
 from dynalora.analysis.spectrum import rank_use_by_type
 from dynalora.analysis.tables import write_table
+from dynalora.bench.records import lr_text, read_records
 from dynalora.files import write_json
 
 
-def collect(root: Path) -> dict[tuple[str, str], list[dict]]:
-    """(arm, task) -> the rank use of each run folder under `root`."""
+def recorded_folders(records: Path) -> set[tuple[str, str, str, str]]:
+    """(task, arm folder name, lr folder, seed folder) of every run the records hold."""
+    return {(r["task"], r["arm"].replace(":", "-"), f"lr{lr_text(r['lr'])}", f"seed{r['seed']}")
+            for r in read_records(records)}
+
+
+def collect(root: Path, records: Path | None) -> dict[tuple[str, str], list[dict]]:
+    """(arm, task) -> the rank use of each finished run folder under `root` (only the runs that
+    `records` holds, when given: leftovers of retired or unrecorded runs stay out)."""
+    wanted = recorded_folders(records) if records else None
     found: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for best in sorted(root.glob("*/*/*/lr*/seed*/best")):
         # a finished run's folder has no checkpoints left (the worker removes them); a run in
         # flight has them, and its best/ is not final
-        if (best / "dynalora_config.json").is_file() and not (best.parent / "checkpoints").exists():
-            task, arm = best.parts[-5], best.parts[-4]
-            found[(arm, task)].append(rank_use_by_type(load_factors(best)[0]))
+        if not (best / "dynalora_config.json").is_file() or (best.parent / "checkpoints").exists():
+            continue
+        if wanted is not None and tuple(best.parts[-5:-1]) not in wanted:
+            continue
+        found[(best.parts[-4], best.parts[-5])].append(rank_use_by_type(load_factors(best)[0]))
     return found
 
 
@@ -47,9 +60,9 @@ def rows_of(found: dict[tuple[str, str], list[dict]]) -> tuple[list[dict], list[
         row = {"arm": arm, "task": task, "runs": len(uses)}
         for kind in kinds:
             mine = [u[kind] for u in uses if kind in u]
-            row[kind] = (f"{statistics.fmean(m['effective_rank'] for m in mine):.2f} / "
+            row[kind] = (f"{statistics.fmean(m['rank_for_90'] for m in mine):.1f} / "
                          f"{statistics.fmean(m['r'] for m in mine):.1f} "
-                         f"({statistics.fmean(m['top2_energy'] for m in mine):.2f})")
+                         f"({statistics.fmean(m['effective_rank'] for m in mine):.2f})")
         rows.append(row)
     return rows, kinds
 
@@ -57,16 +70,18 @@ def rows_of(found: dict[tuple[str, str], list[dict]]) -> tuple[list[dict], list[
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="the bench's run folder (runs/bench-paper)")
+    parser.add_argument("--records", help="runs.jsonl: read only the run folders it records")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "rank_use"),
                         help="stem of the .json / .md / .csv results")
     args = parser.parse_args(argv)
-    found = collect(Path(args.root))
+    found = collect(Path(args.root), Path(args.records) if args.records else None)
     if not found:
         sys.exit(f"{args.root}: no run folders with a dynalora adapter (<tier>/<task>/<arm>/lr*/seed*/best)")
     rows, kinds = rows_of(found)
     text = write_table(rows, ["arm", "task", "runs", *kinds], Path(args.output),
-                       title="Rank use: mean effective rank / mean rank (top-2 energy share) per module type")
-    write_json(Path(args.output + ".json"), {**result_header(__file__, argv, args, []), "rows": rows,
+                       title="Rank use per module type: mean rank holding 90% of the update's energy / "
+                             "mean rank (mean effective rank)")
+    write_json(Path(args.output + ".json"), {**result_header("rank_use.py", argv, args, []), "rows": rows,
                                              "runs": {f"{a}/{t}": uses for (a, t), uses in found.items()}})
     print(text)
 

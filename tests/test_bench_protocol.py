@@ -460,3 +460,19 @@ def test_report_shows_how_much_of_its_rank_each_arm_uses(tmp_path):
     append_record(path, hand_record("mrpc", "dynamic", 0, 0.8))  # older records carry none
     text = write_report(path, tmp_path / "report")
     assert "| lora | mrpc | 2 | 2.5 / 8.0 |" in text and "| dynamic | mrpc |" not in text.split("Rank use")[1]
+
+
+def test_peft_adalora_config_in_a_record_holds_settings_not_per_run_values(tmp_path):
+    """Two AdaLoRA runs on different tasks: their schedules, PEFT version and module order
+    differ, their settings do not, so the report must see one config (no false conflict)."""
+    configs = []
+    for name, steps, modules in (("mrpc", 294, ["value", "query", "key"]), ("cola", 2390, ["key", "value", "query"])):
+        best = tmp_path / name / "best"
+        best.mkdir(parents=True)
+        (best / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "orth_reg_weight": 0.1, "total_step": steps,
+             "tinit": steps // 10, "tfinal": steps // 3, "deltaT": 8 + steps // 100, "peft_version": name,
+             "target_modules": modules, "base_model_name_or_path": f"/machine/{name}", "rank_pattern": {"x": [True]}}))
+        configs.append(protocol_worker.method_config(tmp_path / name))
+    assert configs[0] == configs[1] == {"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "orth_reg_weight": 0.1,
+                                        "target_modules": ["key", "query", "value"]}

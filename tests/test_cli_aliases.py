@@ -69,3 +69,6 @@ def test_a_repeated_list_flag_adds_to_the_list(tmp_path: Path) -> None:
             "--target-modules", "q_proj", "--target-modules", "v_proj"]
     config = config_from_args(build_parser("sft").parse_args(argv), SftConfig)
     assert config.stop == ["A", "B", "C"] and config.target_modules == ["q_proj", "v_proj"]
+    argv = ["train", "--method", "dynamic", "--method-options", "tau=2.0", "--method-options", "w_min=0.4"]
+    config = config_from_args(build_parser("train").parse_args(argv), TrainConfig)
+    assert config.method_options == {"tau": 2.0, "w_min": 0.4}

@@ -130,11 +130,14 @@ def test_gsm8k_calculator_annotations_can_be_stripped(tmp_path):
     answer = "She sold 48/2 = <<48/2=24>>24 clips.\n#### 24"
     assert strip_calculator(answer) == "She sold 48/2 = 24 clips.\n#### 24"
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q<<1>>?", "answer": answer}])
-    kept, stripped = load_sft_records(path), load_sft_records(path, strip_calculator_annotations=True)
+    kept, stripped = (load_sft_records(path, strip_calculator_annotations=False),
+                      load_sft_records(path, strip_calculator_annotations=True))
     assert kept[0].response == answer and stripped[0].response == strip_calculator(answer)
     assert stripped[0].prompt == "Q<<1>>?"  # only answers are touched
     # by default only GSM8K's layout is stripped: elsewhere << >> can be real text
-    assert load_sft_records(path, strip_calculator_annotations=None)[0].response == strip_calculator(answer)
+    assert load_sft_records(path)[0].response == strip_calculator(answer)
+    named = load_sft_records(path, prompt_field="question", response_field="answer")  # the same layout, by name
+    assert named[0].response == strip_calculator(answer)
     code = "std::cout << x; std::cin >> y;"
     alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "I/O in C++?", "input": "", "output": code}])
-    assert load_sft_records(alpaca, strip_calculator_annotations=None)[0].response == code
+    assert load_sft_records(alpaca)[0].response == code

@@ -124,6 +124,20 @@ def test_report_settings_do_not_block_a_resume(tmp_path):
         check_resumable(changed.replace(lr=1e-3), saved, tmp_path, also_free=REPORT_FIELDS)
 
 
+
+def test_a_run_started_under_an_older_default_resumes_with_it(tmp_path):
+    """Runs saved strip_calculator=True before its default became None (gsm8k layout only):
+    resuming without the flag keeps stripping, as the run started; a value given is checked."""
+    saved = {**config(tmp_path / "d.jsonl", tmp_path / "run").to_dict(), "strip_calculator": True}
+    resumed = config(tmp_path / "d.jsonl", tmp_path / "run")
+    assert resumed.strip_calculator is None
+    check_resumable(resumed, saved, tmp_path, also_free=REPORT_FIELDS)
+    assert resumed.strip_calculator is True
+    with pytest.raises(ConfigError, match="strip_calculator"):
+        check_resumable(config(tmp_path / "d.jsonl", tmp_path / "run", strip_calculator=False), saved, tmp_path,
+                        also_free=REPORT_FIELDS)
+
+
 def test_bad_sample_counts_are_one_line_cli_errors(tmp_path, capsys):
     data = write_jsonl(tmp_path / "plain.jsonl", PLAIN)
     assert main(["sft", "--data", str(data), "--samples", "-1", "--output", str(tmp_path / "x")]) == 2

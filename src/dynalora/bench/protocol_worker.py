@@ -58,12 +58,13 @@ def method_config(run: Path) -> dict[str, Any] | None:
     per-layer rank/alpha patterns the run produced). A run's key holds only the options given
     explicitly, so this is what shows, in the report, an arm whose runs were trained under
     different defaults (records made before and after a default changed)."""
+    from dynalora.bench.records import settings_only
+
     path = run / "best" / "dynalora_config.json"
     if path.is_file():
         config = json.loads(path.read_text()).get("config") or {}
     elif (run / "best" / "adapter_config.json").is_file():  # PEFT's methods (AdaLoRA): its own config file
-        config = json.loads((run / "best" / "adapter_config.json").read_text())
-        config.pop("base_model_name_or_path", None)  # a path on the machine that ran it
+        config = settings_only(json.loads((run / "best" / "adapter_config.json").read_text()))
     else:  # full fine-tuning, head only, ...: no adapter config
         return None
     return {k: v for k, v in config.items() if k not in ("rank_pattern", "alpha_pattern")}

@@ -103,3 +103,16 @@ def machine_info(device: str) -> dict[str, Any]:
     return {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": device,
             "dynalora_commit": git_commit(), "libraries": libraries}
+
+
+# AdaLoRA's schedule, which the bench derives from each run's length: not a setting
+PER_RUN_SCHEDULE = ("total_step", "tinit", "tfinal", "deltaT")
+
+
+def settings_only(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded adapter config without what differs between runs of one arm for reasons
+    other than its settings: where the base lay, PEFT's version (in `machine`), AdaLoRA's
+    per-run schedule, and the order of a module list PEFT writes from a set."""
+    drop = ("base_model_name_or_path", "peft_version", *PER_RUN_SCHEDULE)
+    return {k: sorted(v) if k == "target_modules" and isinstance(v, list) else v
+            for k, v in config.items() if k not in drop}

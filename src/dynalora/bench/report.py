@@ -27,7 +27,7 @@ from dynalora.bench.protocol import (
     grid_scores,
     paper_protocol,
 )
-from dynalora.bench.records import lr_text, read_records
+from dynalora.bench.records import lr_text, read_records, settings_only
 from dynalora.bench.report_plots import dot_plot, paired_plot
 from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
@@ -99,7 +99,8 @@ def config_conflicts(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[s
     config field that all of them recorded (`method_config`; older records lack it)."""
     rows = []
     for arm in arms:
-        configs = [r["method_config"] for r in runs if r["arm"] == arm and isinstance(r.get("method_config"), dict)]
+        configs = [settings_only(r["method_config"]) for r in runs
+                   if r["arm"] == arm and isinstance(r.get("method_config"), dict)]
         shared = set.intersection(*(set(c) for c in configs)) if configs else set()
         for key in sorted(shared):
             values = sorted({json.dumps(c[key], sort_keys=True) for c in configs})

@@ -28,10 +28,10 @@ def add_parser(subparsers: Any) -> None:
                     "exact_match, measured by generating at each evaluation). Data: one .jsonl/.json file "
                     "of records; --preset gsm8k (question/answer), alpaca (instruction/input/output), "
                     "generic (prompt/response) or messages (OpenAI or ShareGPT turns) sets the fields, "
-                    "default: detected from the first record. --strip-calculator (on by default) removes "
-                    "every <<...>> span from the answers in every layout, not only GSM8K's; use "
-                    "--no-strip-calculator for other data that may contain them. --stop takes several "
-                    "strings after one flag (--stop A B); a second --stop replaces the first. Try the "
+                    "default: detected from the first record. GSM8K's <<a=b>> calculator annotations are "
+                    "removed from the answers of the gsm8k layout by default (--strip-calculator / "
+                    "--no-strip-calculator force it either way, in any layout). --stop takes several "
+                    "strings after one flag (--stop A B), and a repeated --stop adds more. Try the "
                     "result with `dynalora generate --adapter OUTPUT --prompt ...`.")
     add_config_flags(parser, SftConfig)
     parser.set_defaults(func=run)

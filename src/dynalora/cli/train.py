@@ -89,7 +89,7 @@ def add_field(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
         # a repeated flag adds to the list (`--stop A --stop B` is `--stop A B`), as `generate` does
         parser.add_argument(*flags, nargs="+", action="extend", metavar=f.metadata.get("metavar", "NAME"), **options)
     elif kind.startswith("dict"):
-        parser.add_argument(*flags, nargs="+", type=key_value, metavar="KEY=VALUE", **options)
+        parser.add_argument(*flags, nargs="+", action="extend", type=key_value, metavar="KEY=VALUE", **options)
     else:
         base = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
         converter = none_or(base) if "None" in kind else base

@@ -132,7 +132,7 @@ def load_sft_records(
     input_field: str | None = None,
     preset: str | None = None,
     max_records: int | None = None,
-    strip_calculator_annotations: bool | None = False,
+    strip_calculator_annotations: bool | None = None,
 ) -> list[SftRecord]:
     """Read a JSONL file (or a JSON list) of prompt/response or conversation records.
 
@@ -141,8 +141,9 @@ def load_sft_records(
     `input`), a non-empty input is appended to the instruction on a new paragraph. Malformed
     records (bad JSON, not an object, missing or non-text fields, turns without a known role)
     are skipped and reported with their line numbers. `strip_calculator_annotations` removes
-    GSM8K's `<<a=b>>` calls from every answer; None: only when the layout is gsm8k (given or
-    detected), since in other data such spans may be real text (C++'s `cout << x; cin >> y`).
+    GSM8K's `<<a=b>>` calls from every answer; None (the default): only when the layout is
+    gsm8k (given, detected, or the gsm8k fields named explicitly), since in other data such
+    spans may be real text (C++'s `cout << x; cin >> y`).
     """
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json"):
@@ -156,10 +157,10 @@ def load_sft_records(
         if first is None:
             raise DataError(f"{path}: no JSON object records. {problems.summary()}")
         preset = detect_preset(first)
-    if strip_calculator_annotations is None:
-        strip_calculator_annotations = preset == "gsm8k"
     fields = PRESETS.get(preset or "", (None, None, None))
     keys = (prompt_field or fields[0], response_field or fields[1], input_field or fields[2])
+    if strip_calculator_annotations is None:
+        strip_calculator_annotations = preset == "gsm8k" or keys[:2] == PRESETS["gsm8k"][:2]
     records = []
     for where, record in raw:
         parsed = _parse_conversation(record) if preset == "messages" else _parse_record(record, *keys)

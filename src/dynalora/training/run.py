@@ -58,7 +58,14 @@ RESUME_FREE = ("resume", "overwrite", "progress", "output", "logging_steps", "re
 
 
 def check_resumable(config: Any, saved: dict[str, Any], where: Path, also_free: tuple[str, ...] = ()) -> None:
-    """`also_free`: more fields (beyond RESUME_FREE) that may change between the run and its resume."""
+    """`also_free`: more fields (beyond RESUME_FREE) that may change between the run and its resume.
+
+    A field left unset (None) now that the run recorded a value for takes that value: the run
+    goes on as it started, even when the field's default has since become "decide later"
+    (sft's strip_calculator was True, now None: on for the gsm8k layout only)."""
+    for key, value in saved.items():
+        if value is not None and getattr(config, key, value) is None and key not in RESUME_FREE + also_free:
+            setattr(config, key, value)
     current = config.to_dict()
     changed = [k for k in current if k not in RESUME_FREE + also_free and saved.get(k) != current[k]]
     if changed:
