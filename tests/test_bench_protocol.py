@@ -476,3 +476,28 @@ def test_peft_adalora_config_in_a_record_holds_settings_not_per_run_values(tmp_p
         configs.append(protocol_worker.method_config(tmp_path / name))
     assert configs[0] == configs[1] == {"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "orth_reg_weight": 0.1,
                                         "target_modules": ["key", "query", "value"]}
+
+
+def test_an_undefined_dev_score_counts_as_zero_and_the_grid_seed_leaves_only_the_grid_task(tmp_path):
+    """A constant STS-B prediction has no correlation (NaN): it counts as 0 instead of breaking
+    the tables. Seed 0 chose the lrs on MRPC only, so only MRPC loses it in the second table."""
+    path = tmp_path / "runs.jsonl"
+    for task in ("mrpc", "stsb"):
+        for seed in range(3):
+            append_record(path, hand_record(task, "lora", seed, 0.80 + seed / 100))
+            dev = math.nan if (task, seed) == ("stsb", 1) else 0.81 + seed / 100
+            append_record(path, hand_record(task, "dynamic", seed, dev))
+    write_report(path, tmp_path / "report")
+    stsb = [81.0, 0.0, 83.0]
+    expected = f"{statistics.fmean(stsb):.2f} ± {statistics.stdev(stsb):.2f} (n=3)"
+    assert expected in (tmp_path / "report" / "table1.csv").read_text()
+    later = {tuple(r.split(",")[:3]) for r in (tmp_path / "report" / "paired_without_grid_seed.csv")
+             .read_text().splitlines()[1:]}
+    assert ("dynamic", "mrpc", "2") in later and ("dynamic", "stsb", "3") in later
+
+
+def test_differences_that_tie_exactly_are_ties_after_float_noise():
+    scores = [600, 613, 650, 677, 699]
+    diffs = [100 * (a + 3) / 1043 - 100 * a / 1043 for a in scores]  # all equal in exact arithmetic
+    assert len(set(diffs)) > 1  # not in floating point
+    assert paired(diffs).low == paired(diffs).high  # sd 0 once rounded: the interval is a point

@@ -78,7 +78,10 @@ def rank_use(run: Path) -> dict[str, dict[str, float]] | None:
     from dynalora.analysis.factors import load_factors
     from dynalora.analysis.spectrum import rank_use_by_type
 
-    return rank_use_by_type(load_factors(run / "best")[0])
+    try:
+        return rank_use_by_type(load_factors(run / "best")[0])
+    except (RuntimeError, ValueError) as err:  # a non-finite update has no SVD: record that, keep the run
+        return {"error": str(err).splitlines()[0]}
 
 
 def data_digest(config: Any) -> dict[str, str]:
@@ -91,7 +94,9 @@ def data_digest(config: Any) -> dict[str, str]:
 
     _, train, chosen_on, dev = run_data(config)
     digest = {}
-    for name, rows in (("train", train), ("selection", chosen_on), ("dev", dev or [])):
+    for name, rows in (("train", train), ("selection", chosen_on), ("dev", dev)):
+        if rows is None:  # selection on dev: no separate dev part
+            continue
         h = hashlib.sha256()
         for row in rows:
             h.update(json.dumps([list(row.texts), row.label]).encode())

@@ -21,6 +21,7 @@ from typing import Any
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import (
     GRID_SEED,
+    GRID_TASKS,
     MAIN_ARMS,
     choose_lrs,
     expected_grids,
@@ -109,11 +110,18 @@ def config_conflicts(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[s
     return rows
 
 
+def dev_points(record: dict[str, Any]) -> float:
+    """The run's dev GLUE score x100; an undefined one (a correlation of constant predictions,
+    NaN) counts as 0, the score the majority line gives a regression task."""
+    value = record["dev"]["glue"]
+    return 100 * value if value is not None and math.isfinite(value) else 0.0
+
+
 def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
     """(task, arm) -> {seed: dev GLUE score in points}."""
     cells: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for r in runs:
-        cells[(r["task"], r["arm"])][r["seed"]] = 100 * r["dev"]["glue"]
+        cells[(r["task"], r["arm"])][r["seed"]] = dev_points(r)
     return cells
 
 
@@ -276,7 +284,7 @@ def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     effective rank / mean rank (records that carry `rank_use`, see dynalora.analysis.spectrum)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        if r.get("rank_use"):
+        if r.get("rank_use") and "error" not in r["rank_use"]:
             groups[(r["arm"], r["task"])].append(r["rank_use"])
     kinds = sorted({k for uses in groups.values() for u in uses for k in u})
     rows = []
@@ -317,11 +325,12 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
             parts.append("![paired differences](paired.png)\n")
         # The grid seed's runs on the grid tasks chose the lr they are reported at (a mild
         # winner's curse): the same table without that seed shows whether it carries a result.
-        later = {key: {s: v for s, v in seeds.items() if s != GRID_SEED} for key, seeds in cells.items()}
+        later = {(task, arm): {s: v for s, v in seeds.items() if s != GRID_SEED or task not in GRID_TASKS}
+                 for (task, arm), seeds in cells.items()}
         parts.append(write_table(paired_rows(paired_results(later, tasks, arms, reference)), PAIRED_COLUMNS,
                                  output / "paired_without_grid_seed",
-                                 title=f"Paired differences against {reference}, seed {GRID_SEED} left out "
-                                       "(the seed of the lr grid)"))
+                                 title=f"Paired differences against {reference}, seed {GRID_SEED} left out on "
+                                       f"the grid's tasks ({', '.join(GRID_TASKS)}: its runs there chose the lrs)"))
     grid_tasks = sorted({r["task"] for r in records if r.get("stage") == "grid"})
     parts.append(write_table(lr_rows(records, chosen, expected), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
                              title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))

@@ -50,7 +50,9 @@ class Paired:
 
 def paired(differences: list[float]) -> Paired:
     """Mean, 95% t-interval and Wilcoxon p of paired differences (arm minus reference)."""
-    d = [float(x) for x in differences]
+    # Rounded: scores that tie in exact arithmetic differ in the last bits after x100 and a
+    # subtraction, and the test would then see no tie (nor a zero).
+    d = [round(float(x), 9) for x in differences]
     n = len(d)
     nonzero = sum(x != 0 for x in d)
     if n == 0:
