@@ -250,6 +250,18 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(grow_init):
         assert torch.equal(p, q), name
 
 
+def test_resuming_under_other_method_settings_is_refused_naming_them():
+    """A default that changed between a run and its resume (hysteresis became 0 below r = 4)
+    would silently change the run: the controller says which setting, and how to keep it."""
+    _, _, started = bert_controller(hysteresis=1)
+    saved = json.loads(json.dumps(started.state_dict()))
+    _, _, resumed = bert_controller()  # hysteresis=0
+    with pytest.raises(ConfigError, match=r"hysteresis=1 \(now 0\).*--method-options hysteresis=1"):
+        resumed.load_state_dict(saved)
+    _, _, same = bert_controller(hysteresis=1)
+    same.load_state_dict(saved)  # the same settings resume
+
+
 def test_export_of_a_dynamic_adapter_loads_in_peft_with_the_same_logits(tmp_path):
     peft = pytest.importorskip("peft")
     model, opt, controller = bert_controller(weight_mode="forward")  # weights in the layers, exported too

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
-from dynalora.adapters.config import LoraConfig
+from dynalora.adapters.config import ConfigError, LoraConfig
 from dynalora.adapters.layer import LoraAdapter
 from dynalora.adapters.model import DynaLoraModel
 from dynalora.allocation.plot import module_type, plot_history
@@ -219,8 +220,14 @@ class AllocationController:
             "total_steps": self.total_steps,
             "ranks": self.ranks(),
             "history": copy.deepcopy(self.history),
+            "config": self._settings(),
             **self._method_state(),
         }
+
+    def _settings(self) -> dict[str, Any]:
+        """The method's resolved settings (defaults filled in), without the per-layer patterns
+        that resizing rewrites: a resume under other settings would silently change the run."""
+        return {k: v for k, v in self.config.to_dict().items() if k not in ("rank_pattern", "alpha_pattern")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore, resizing every adapter (and the optimizer's parameters) to the saved ranks.
@@ -232,6 +239,17 @@ class AllocationController:
             raise ValueError(f"controller state is for method {state.get('method')!r}, this controller runs {self.method!r}")
         if state.get("version", 0) > STATE_VERSION:
             raise ValueError(f"controller state version {state['version']} is newer than this dynalora reads")
+        saved = state.get("config") or {}  # states saved before the settings were kept: unchecked
+        now = self._settings()
+        def same(a: Any, b: Any) -> bool:  # through JSON: a saved tuple comes back a list
+            return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+        changed = [k for k in saved if k in now and not same(saved[k], now[k])]
+        if changed:
+            details = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in changed[:4])
+            options = " ".join(f"{k}={json.dumps(saved[k])}" for k in changed[:4])
+            raise ConfigError(f"resume: the checkpoint's {self.method} LoRA ran with {details}, a default "
+                              f"may have changed since; continue it with --method-options {options}, or start over")
         ranks = state["ranks"]
         if set(ranks) != set(self.names):
             odd = sorted(set(ranks) ^ set(self.names))
