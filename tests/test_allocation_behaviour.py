@@ -50,6 +50,9 @@ def test_at_rank_2_the_budget_still_moves_to_the_layer_that_matters():
     a full CoLA run). The default drops it below r = 4, so the budget moves."""
     config = DynamicLoraConfig(r=2, target_modules=["a", "b"])
     assert config.hysteresis == 0 and DynamicLoraConfig(r=8).hysteresis == 1
+    # a copy at another rank gets that rank's defaults, not the old rank's (values set stay)
+    assert (DynamicLoraConfig(r=32).replace(r=2).hysteresis, DynamicLoraConfig(r=32).replace(r=2).r_max) == (0, 8)
+    assert DynamicLoraConfig(r=32, hysteresis=3).replace(r=2).hysteresis == 3
     model, controller, _ = toy_training(TwoLayerToy(use_b=False), config, 60)
     assert model.ranks()["a"] > 2 > model.ranks()["b"] >= config.r_min
     assert controller.summary()["parameters"] == controller.budget

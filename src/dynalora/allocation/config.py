@@ -9,9 +9,10 @@ at None are resolved from the run's `total_steps` by `resolve_schedule`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dynalora.adapters.config import ConfigError, LoraConfig, check, is_int, is_number
 
@@ -145,7 +146,7 @@ class DynamicLoraConfig(LoraConfig):
         check(is_int(self.reallocations) and self.reallocations >= 0, "reallocations",
               "must be an integer >= 0 (0: ranks never change)", self.reallocations)
         if self.hysteresis is None:
-            self.hysteresis = 0 if self.r < 4 else max(1, self.r // 8)
+            self.hysteresis = auto_hysteresis(self.r)
         check(is_int(self.hysteresis) and self.hysteresis >= 0, "hysteresis", "must be an integer >= 0",
               self.hysteresis)
         check(is_int(self.r_min) and self.r_min >= 0, "r_min", "must be an integer >= 0", self.r_min)
@@ -162,6 +163,15 @@ class DynamicLoraConfig(LoraConfig):
         _check_choice(self, "grow_init", ("random", "gradient"))
         for name in ("lambda_a", "lambda_b", "lambda_orth"):
             check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+
+    def replace(self, **changes: Any) -> DynamicLoraConfig:
+        """A copy with `changes`; a new `r` also renews hysteresis and r_max where they hold the
+        values filled in for the old r (r_max = 4 r stays 4 r), unless `changes` sets them."""
+        if changes.get("r", self.r) != self.r:
+            for name, auto in (("hysteresis", auto_hysteresis(self.r)), ("r_max", 4 * self.r)):
+                if name not in changes and getattr(self, name) == auto:
+                    changes[name] = None
+        return dataclasses.replace(self, **changes)
 
     def resolve_schedule(self, total_steps: int | None) -> tuple[int, int, int]:
         """(t_warmup, t_final, delta_t), filling None fields from `total_steps`."""
@@ -243,6 +253,12 @@ class Rank1LoraConfig(LoraConfig):
         every = self.prune_every if self.prune_every is not None else _fraction(total_steps, PRUNE_EVERY_FRACTION,
                                                                                  "prune_every", floor=True)
         return start, end, every
+
+
+def auto_hysteresis(r: int) -> int:
+    """The default hysteresis for rank r: none below 4 (one rank is a quarter or more of the
+    layer's rank there), one rank from 4 to 15, r // 8 above."""
+    return 0 if r < 4 else max(1, r // 8)
 
 
 def _pos_int(value: object) -> bool:
