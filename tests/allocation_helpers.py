@@ -102,6 +102,28 @@ class ParallelToy(nn.Module):
         return sum(u * ((layer(x) - target) ** 2).mean() for u, layer in zip(self.uses, self.layers))
 
 
+class RankNeedToy(nn.Module):
+    """Layers whose ideal updates need different numbers of directions: layer i must learn a
+    target Delta W of rank `ranks[i]` (all of Frobenius norm 2, spread evenly over their
+    directions), on top of its frozen base. At a rank below a layer's need, the loss keeps
+    the energy of the directions it cannot fit: (norm^2 / need) per missing direction / d."""
+
+    def __init__(self, ranks: list[int], d: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in ranks)
+        self.targets = []
+        for k in ranks:
+            u = torch.linalg.qr(torch.randn(d, d))[0][:, :k]
+            v = torch.linalg.qr(torch.randn(d, d))[0][:, :k]
+            self.targets.append(2.0 * (u @ v.T) / (u @ v.T).norm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # what each layer adds to its frozen base output must match its target update
+        return sum((((layer(x) - nn.functional.linear(x, layer.weight.detach(), layer.bias.detach()))
+                     - x @ target.T) ** 2).mean() for layer, target in zip(self.layers, self.targets))
+
+
 def toy_training(model: nn.Module, config, steps: int, lr: float = 1e-2, seed: int = 0, batch: int = 64,
                  d: int = 16):
     """`steps` AdamW steps on fresh Gaussian inputs with the controller; returns (model, controller, opt)."""
