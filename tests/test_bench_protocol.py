@@ -501,3 +501,18 @@ def test_differences_that_tie_exactly_are_ties_after_float_noise():
     diffs = [100 * (a + 3) / 1043 - 100 * a / 1043 for a in scores]  # all equal in exact arithmetic
     assert len(set(diffs)) > 1  # not in floating point
     assert paired(diffs).low == paired(diffs).high  # sd 0 once rounded: the interval is a point
+
+
+def test_low_rank_arms_are_also_paired_with_their_own_baseline(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    for lr, sel in ((3e-4, 0.79), (1e-3, 0.81), (3e-3, 0.80)):  # LoRA's grid chooses 1e-3
+        append_record(path, hand_record("mrpc", "lora", 0, 0.8, lr=lr, stage="grid", selection=sel))
+    low, dyn = [0.30, 0.32, 0.31], [0.31, 0.34, 0.30]
+    for seed in range(3):
+        append_record(path, hand_record("cola", "lora-r2", seed, low[seed]))
+        append_record(path, hand_record("cola", "dynamic-r2", seed, dyn[seed]))
+        append_record(path, hand_record("cola", "dynamic-r2", seed, 0.9, lr=3e-4))  # not LoRA's lr: left out
+    write_report(path, tmp_path / "report")
+    row = (tmp_path / "report" / "paired_own.csv").read_text().splitlines()[1]
+    expected = paired([100 * (b - a) for a, b in zip(low, dyn)])
+    assert row.startswith(f"lora-r2,dynamic-r2,cola,3,{expected.mean:+.2f},")

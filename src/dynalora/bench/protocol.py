@@ -67,6 +67,7 @@ class Arm:
     method_options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
     lr_from: str | None = None  # use this arm's chosen lr (ablation variants: "dynamic")
+    paired_with: str | None = None  # the arm it is also compared with in the report (its own baseline)
 
     @property
     def tuned_by(self) -> str:
@@ -175,7 +176,7 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
             Arm("full", "full", None), Arm("head", "head", None), Arm("adapter", "adapter", None),
             Arm("bitfit", "bitfit", None),
             Arm("lora-r2", "lora", overrides=LOW_RANK, lr_from="lora"),
-            Arm("dynamic-r2", "dynamic", overrides=LOW_RANK, lr_from="lora")]
+            Arm("dynamic-r2", "dynamic", overrides=LOW_RANK, lr_from="lora", paired_with="lora-r2")]
     names = {a.name for a in arms}
     variants = []
     for name, options in read_ablation(ablation_file).items():
@@ -183,7 +184,9 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
         if not isinstance(lr_from, str) or lr_from not in names:
             raise ConfigError(f"{ablation_file}: variant {name!r}: lr_from {lr_from!r} is not an arm; "
                               f"arms: {', '.join(sorted(names))}")
-        variants.append(Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from=lr_from))
+        # a variant at LoRA's lr is also compared with the v2 defaults at that lr
+        own = "dynamic:lora-lr" if lr_from == "lora" and name != "lora-lr" else None
+        variants.append(Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from=lr_from, paired_with=own))
     tiers = (
         Tier("0", MAIN_ARMS, grid_tasks=GRID_TASKS),
         Tier("1", MAIN_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),

@@ -187,9 +187,27 @@ def paired_results(cells: dict, tasks: list[str], arms: list[str], reference: st
     return out
 
 
-def paired_rows(results: list[tuple[str, str, Paired]]) -> list[dict[str, Any]]:
-    return [{"arm": arm, "task": task, "n": p.n, "mean difference": "–" if p.n == 0 else f"{p.mean:+.2f}",
-             "95% CI": p.interval_text(scale=1.0), "Wilcoxon p": p.p_text()} for arm, task, p in results]
+def own_reference_results(cells: dict, tasks: list[str], arms: list[str]) -> list[tuple[str, str, Paired, str]]:
+    """paired_results of every arm the protocol pairs with a baseline of its own (Arm.paired_with)
+    against that baseline, where both have records; each item carries the baseline's name."""
+    defined = paper_protocol().arms
+    out = []
+    for arm in arms:
+        other = defined[arm].paired_with if arm in defined else None
+        if other in arms:
+            out += [(*item, other) for item in paired_results(cells, tasks, [arm], other)]
+    return out
+
+
+def paired_rows(results: list[tuple]) -> list[dict[str, Any]]:
+    """Table rows of paired_results items (arm, task, Paired[, reference])."""
+    rows = []
+    for arm, task, p, *reference in results:
+        row = {"reference": reference[0]} if reference else {}
+        rows.append({**row, "arm": arm, "task": task, "n": p.n,
+                     "mean difference": "–" if p.n == 0 else f"{p.mean:+.2f}",
+                     "95% CI": p.interval_text(scale=1.0), "Wilcoxon p": p.p_text()})
+    return rows
 
 
 def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
@@ -323,6 +341,11 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
         if any(p.n >= 3 for _, _, p in results):
             paired_plot(results, reference, output / "paired.png")
             parts.append("![paired differences](paired.png)\n")
+        own = own_reference_results(cells, tasks, arms)
+        if own:
+            parts.append(write_table(paired_rows(own), ["reference", *PAIRED_COLUMNS], output / "paired_own",
+                                     title="Paired differences against each arm's own baseline (the low-rank "
+                                           "arms against lora-r2, the ablation variants against dynamic:lora-lr)"))
         # The grid seed's runs on the grid tasks chose the lr they are reported at (a mild
         # winner's curse): the same table without that seed shows whether it carries a result.
         later = {(task, arm): {s: v for s, v in seeds.items() if s != GRID_SEED or task not in GRID_TASKS}
