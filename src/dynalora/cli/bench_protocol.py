@@ -76,9 +76,11 @@ def add_report_parser(commands: Any) -> None:
         "report", help="tables and plots of the protocol, from runs.jsonl alone",
         description="Read runs.jsonl and write into --output: table1 (dev GLUE score per task and arm, "
                     "mean ± std over seeds, GLUE average), paired (each arm minus LoRA per task and on "
-                    "average: mean difference, 95% t-interval over paired seeds, Wilcoxon p), lr_grid "
-                    "(selection scores of the learning-rate grid), convergence and budget tables, and "
-                    "dots.png (every seed per task, majority-class line).")
+                    "average: mean difference, 95% t-interval over paired seeds, Wilcoxon p; again without the "
+                    "grid seed on the grid task, and against each arm's own baseline where it has one), "
+                    "lr_grid (selection scores of the learning-rate grid), convergence, budget, allocation "
+                    "and rank-use tables, dots.png (every seed per task, majority-class line) and "
+                    "paired.png (each difference with its interval).")
     parser.add_argument("--records", default=DEFAULT_RECORDS, metavar="FILE", help=f"(default: {DEFAULT_RECORDS})")
     parser.add_argument("--output", default=None, metavar="DIR", help="(default: the records' folder)")
     parser.add_argument("--reference", default="lora", metavar="ARM",
