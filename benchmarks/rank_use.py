@@ -8,7 +8,8 @@ between layers has little to gain.
 
     .venv/bin/python benchmarks/rank_use.py runs/bench-paper          # the bench's run folders
     .venv/bin/python benchmarks/rank_use.py /work/wt/evidence/runs/bench-paper \
-        --records docs/results/paper/runs.jsonl --output benchmarks/results/rank_use
+        /work/wt/lowrank/runs/bench-paper --records docs/results/paper/runs.jsonl \
+        --output benchmarks/results/rank_use
 
 Folders are read as <tier>/<task>/<arm>/lr<lr>/seed<k>/best (the paper bench's layout); runs
 still in flight (a checkpoints/ folder beside best/) are left out.
@@ -69,14 +70,19 @@ def rows_of(found: dict[tuple[str, str], list[dict]]) -> tuple[list[dict], list[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="the bench's run folder (runs/bench-paper)")
+    parser.add_argument("roots", nargs="+", help="the bench's run folders (runs/bench-paper; several when "
+                                                 "benches ran from several worktrees)")
     parser.add_argument("--records", help="runs.jsonl: read only the run folders it records")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "rank_use"),
                         help="stem of the .json / .md / .csv results")
     args = parser.parse_args(argv)
-    found = collect(Path(args.root), Path(args.records) if args.records else None)
+    found: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for root in args.roots:
+        for key, uses in collect(Path(root), Path(args.records) if args.records else None).items():
+            found[key] += uses
     if not found:
-        sys.exit(f"{args.root}: no run folders with a dynalora adapter (<tier>/<task>/<arm>/lr*/seed*/best)")
+        sys.exit(f"{' '.join(args.roots)}: no run folders with a dynalora adapter "
+                 "(<tier>/<task>/<arm>/lr*/seed*/best)")
     rows, kinds = rows_of(found)
     text = write_table(rows, ["arm", "task", "runs", *kinds], Path(args.output),
                        title="Rank use per module type: mean rank holding 90% of the update's energy / "
