@@ -279,7 +279,13 @@ def test_report_is_rebuilt_from_the_records_alone(tmp_path):
 
 def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     protocol = paper_protocol()
-    assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "3", "sst2", "low-rank"]
+    assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "ablation-extra", "3", "sst2",
+                                                   "low-rank"]
+    # the three mechanisms (weights, input statistic, reallocation) come first
+    assert protocol.tier("ablation").arms == ("dynamic", "dynamic:lora-lr", "dynamic:no-lr-weights",
+                                              "dynamic:no-reallocation", "dynamic:input-statistic")
+    assert protocol.tier("ablation-extra").arms == ("dynamic", "dynamic:lora-lr", "dynamic:forward-weights",
+                                                    "dynamic:grow-gradient")
     tier1 = protocol.tier("1")
     assert len(tier1.arms) * len(tier1.tasks) * len(tier1.seeds) == 60
     # the low-rank arms both train at LoRA's chosen lr, at r=2 with LoRA's scale alpha / r = 2
@@ -404,6 +410,11 @@ def test_an_ablation_variant_at_loras_lr_reuses_dynamics_grid_run(tmp_path):
     bad.write_text("variants:\n  x: {lr_from: [lora]}\n")
     with pytest.raises(ConfigError, match="variant 'x': lr_from \\['lora'\\] is not an arm"):
         paper_protocol(bad)
+    bad.write_text("variants:\n  x: {tier: '3'}\n")
+    with pytest.raises(ConfigError, match="variant 'x': tier '3' is not one of ablation, ablation-extra"):
+        paper_protocol(bad)
+    bad.write_text("variants:\n  x: {beta: 1.0}\n")  # no extra variant: no extra tier
+    assert "ablation-extra" not in [t.name for t in paper_protocol(bad).tiers]
 
 
 def test_report_warns_when_an_arms_runs_were_trained_under_different_defaults(tmp_path):

@@ -13,7 +13,8 @@ linear layer, "lora-qv" the same on query/value only. A tier is a batch of runs:
 Tiers run in this order: 0 (grid of the three main arms), 1 (5 seeds of them on four tasks),
 2 (LoRA q/v and Rank-1 Sum: own grid, 3 seeds), ablation (dynamic LoRA variants from
 benchmarks/paper_ablation.yaml at dynamic's lr or, where a variant says `lr_from`, at that arm's,
-3 seeds on MRPC and CoLA), 3 (the paper's
+3 seeds on MRPC and CoLA; ablation-extra: the variants marked `tier: ablation-extra` there, which
+go beyond removing one mechanism), 3 (the paper's
 baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-2 subset),
 low-rank (exploratory, added after tier 1's first seeds: LoRA and dynamic LoRA at a quarter of
 the budget, r=2, on CoLA and STS-B, 3 seeds; see LOW_RANK).
@@ -168,6 +169,10 @@ def read_ablation(path: Path) -> dict[str, dict[str, Any]]:
 LOW_RANK = {"rank": 2, "alpha": 4.0}
 MAIN_ARMS = ("lora", "dynamic", "peft-adalora")
 BASELINE_ARMS = ("full", "head", "adapter", "bitfit")
+# A variant's `tier`: "ablation" (one mechanism of the issue's list removed: weights, input
+# statistic, reallocation) or "ablation-extra" (other options worth a look), run after the
+# ablation tier has all its seeds, so the questions the comparison must answer come first.
+ABLATION_TIERS = ("ablation", "ablation-extra")
 
 
 def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
@@ -178,20 +183,31 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
             Arm("lora-r2", "lora", overrides=LOW_RANK, lr_from="lora"),
             Arm("dynamic-r2", "dynamic", overrides=LOW_RANK, lr_from="lora", paired_with="lora-r2")]
     names = {a.name for a in arms}
-    variants = []
+    variants, extra = [], set()
     for name, options in read_ablation(ablation_file).items():
         lr_from = options.pop("lr_from", "dynamic")
+        tier = options.pop("tier", "ablation")
+        if tier not in ABLATION_TIERS:
+            raise ConfigError(f"{ablation_file}: variant {name!r}: tier {tier!r} is not one of "
+                              f"{', '.join(ABLATION_TIERS)}")
+        if tier == "ablation-extra":
+            extra.add(f"dynamic:{name}")
         if not isinstance(lr_from, str) or lr_from not in names:
             raise ConfigError(f"{ablation_file}: variant {name!r}: lr_from {lr_from!r} is not an arm; "
                               f"arms: {', '.join(sorted(names))}")
         # a variant at LoRA's lr is also compared with the v2 defaults at that lr
         own = "dynamic:lora-lr" if lr_from == "lora" and name != "lora-lr" else None
         variants.append(Arm(f"dynamic:{name}", "dynamic", method_options=options, lr_from=lr_from, paired_with=own))
+    baselines = {a.paired_with for a in variants if a.name in extra}
     tiers = (
         Tier("0", MAIN_ARMS, grid_tasks=GRID_TASKS),
         Tier("1", MAIN_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),
         Tier("2", ("lora-qv", "rank1"), grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
-        Tier("ablation", ("dynamic", *(a.name for a in variants)), tasks=("mrpc", "cola"), seeds=(0, 1, 2)),
+        Tier("ablation", ("dynamic", *(a.name for a in variants if a.name not in extra)),
+             tasks=("mrpc", "cola"), seeds=(0, 1, 2)),
+        # the extra variants with the arms they are compared with
+        *([Tier("ablation-extra", ("dynamic", *(a.name for a in variants if a.name in extra | baselines)),
+                tasks=("mrpc", "cola"), seeds=(0, 1, 2))] if extra else []),
         Tier("3", BASELINE_ARMS, grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
         Tier("sst2", MAIN_ARMS, tasks=("sst2",), seeds=(0, 1, 2), settings={"max_train_samples": SST2_SUBSET}),
         Tier("low-rank", ("lora-r2", "dynamic-r2"), tasks=("cola", "stsb"), seeds=(0, 1, 2)),
