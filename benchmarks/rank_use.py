@@ -26,7 +26,7 @@ from pathlib import Path
 from bench_common import result_header
 
 from dynalora.analysis.factors import load_factors
-from dynalora.analysis.spectrum import rank_use_by_type
+from dynalora.analysis.spectrum import rank_use_by_type, rank_use_table
 from dynalora.analysis.tables import write_table
 from dynalora.bench.records import lr_text, read_records
 from dynalora.files import write_json
@@ -55,17 +55,9 @@ def collect(root: Path, records: Path | None) -> dict[tuple[str, str], list[dict
 
 
 def rows_of(found: dict[tuple[str, str], list[dict]]) -> tuple[list[dict], list[str]]:
-    kinds = sorted({k for uses in found.values() for u in uses for k in u})
-    rows = []
-    for (arm, task), uses in sorted(found.items()):
-        row = {"arm": arm, "task": task, "runs": len(uses)}
-        for kind in kinds:
-            mine = [u[kind] for u in uses if kind in u]
-            row[kind] = (f"{statistics.fmean(m['rank_for_90'] for m in mine):.1f} / "
-                         f"{statistics.fmean(m['r'] for m in mine):.1f} "
-                         f"({statistics.fmean(m['effective_rank'] for m in mine):.2f})")
-        rows.append(row)
-    return rows, kinds
+    return rank_use_table(dict(sorted(found.items())), lambda mine: (
+        f"{statistics.fmean(m['rank_for_90'] for m in mine):.1f} / {statistics.fmean(m['r'] for m in mine):.1f} "
+        f"({statistics.fmean(m['effective_rank'] for m in mine):.2f})"))
 
 
 def main(argv: list[str] | None = None) -> None:

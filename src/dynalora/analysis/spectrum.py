@@ -15,6 +15,8 @@ of each update's energy in fewer than 8 directions (docs/results/dynamic_v2/NOTE
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,3 +59,18 @@ def rank_use_by_type(layers: dict[str, LayerFactors]) -> dict[str, dict[str, flo
 
     return {kind: {"layers": len(rows), **{key: mean(rows, key) for key in SPECTRUM_COLUMNS[1:]}}
             for kind, rows in sorted(groups.items())}
+
+
+def rank_use_table(groups: dict[tuple[str, str], list[dict[str, Any]]],
+                   cell: Callable[[list[dict[str, Any]]], str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, module types): a row per (arm, task) of `groups` (each a list of rank-use dicts,
+    module type -> figures), its cell for a module type `cell` of the runs that have it."""
+    kinds = sorted({k for uses in groups.values() for u in uses for k in u})
+    rows = []
+    for (arm, task), uses in groups.items():
+        row: dict[str, Any] = {"arm": arm, "task": task, "runs": len(uses)}
+        for kind in kinds:
+            mine = [u[kind] for u in uses if kind in u]
+            row[kind] = cell(mine) if mine else "–"
+        rows.append(row)
+    return rows, kinds

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dynalora.analysis.spectrum import rank_use_table
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import (
     GRID_SEED,
@@ -304,16 +305,8 @@ def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     for r in runs:
         if r.get("rank_use") and "error" not in r["rank_use"]:
             groups[(r["arm"], r["task"])].append(r["rank_use"])
-    kinds = sorted({k for uses in groups.values() for u in uses for k in u})
-    rows = []
-    for (arm, task), uses in groups.items():
-        row: dict[str, Any] = {"arm": arm, "task": task, "runs": len(uses)}
-        for kind in kinds:
-            mine = [u[kind] for u in uses if kind in u]
-            row[kind] = (f"{statistics.fmean(m['effective_rank'] for m in mine):.1f} / "
-                         f"{statistics.fmean(m['r'] for m in mine):.1f}") if mine else "–"
-        rows.append(row)
-    return rows, kinds
+    return rank_use_table(groups, lambda mine: f"{statistics.fmean(m['effective_rank'] for m in mine):.1f} / "
+                                               f"{statistics.fmean(m['r'] for m in mine):.1f}")
 
 
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
