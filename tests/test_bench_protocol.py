@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 
 import pytest
 from scipy import stats
@@ -217,6 +218,28 @@ def test_records_append_whole_lines_after_a_torn_one(tmp_path):
     with pytest.warns(UserWarning, match="1 unreadable"):
         assert [r["seed"] for r in read_records(path)] == [0, 1]
     assert run_key({**base, "seed": 1, "lr": 0.001}) == run_key({**base, "seed": 1, "lr": 1e-3})
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl")
+def test_an_append_waits_for_another_writers_lock(tmp_path):
+    """Benches for different tiers append to one runs.jsonl: a record is written only while no
+    other process holds the file's lock, so lines never interleave."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"seed": 0}\n')
+    with open(path, "ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)  # another bench in the middle of its write
+        writer = threading.Thread(target=append_record, args=(path, {"seed": 1}))
+        writer.start()
+        writer.join(timeout=0.5)
+        assert writer.is_alive() and path.read_text() == '{"seed": 0}\n'  # it waits
+        other.write(b'{"seed": 2}\n')
+        other.flush()
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    assert [json.loads(line)["seed"] for line in path.read_text().splitlines()] == [0, 2, 1]
 
 
 def test_paired_statistics_match_scipy_by_hand():

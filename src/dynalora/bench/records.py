@@ -17,6 +17,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: appends are not locked
+    fcntl = None  # type: ignore[assignment]
+
 # The fields that say which run a record is: a run whose key is recorded is not run again.
 KEY_FIELDS = ("task", "method", "targets", "seed", "lr", "method_options", "settings")
 
@@ -64,11 +69,15 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
-    """Add one record as one line: a single write, flushed and fsynced."""
+    """Add one record as one line: a single write, flushed and fsynced, under an exclusive lock
+    on the file, so that benches running side by side on one records file (one per tier, as the
+    protocol is run here) never interleave their lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
     with open(path, "ab+") as handle:
+        if fcntl is not None:  # released when the file closes
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         handle.seek(0, os.SEEK_END)
         if handle.tell() > 0:
             handle.seek(-1, os.SEEK_END)
