@@ -82,6 +82,17 @@ def test_where_a_layer_needs_more_directions_than_its_rank_the_budget_moves_ther
     assert kept < 0.85 * lost
 
 
+def test_no_layer_grows_past_its_size():
+    """At r = 12 in 16 x 16 layers r_max = 48 exceeds what a layer can use: the layer that needs
+    16 directions gets 16, not the 24 its weight asks for (the extra components would be
+    dependent), and the budget it cannot take stays with the others."""
+    names = ["layers.0", "layers.1", "layers.2"]
+    model, _, _ = toy_training(RankNeedToy([1, 1, 16]), DynamicLoraConfig(r=12, target_modules=names), 200)
+    ranks = model.ranks()
+    assert ranks["layers.2"] == 16 and all(1 <= r <= 16 for r in ranks.values())
+    assert sum(ranks.values()) == 36  # the budget of uniform LoRA at 12 is still spent
+
+
 def test_ranks_settle_on_a_stationary_problem():
     names = [f"layers.{i}" for i in range(6)]
     uses = [1.0, 0.8, 0.5, 0.3, 0.1, 0.0]

@@ -40,6 +40,16 @@ def test_budget_is_never_exceeded_and_ranks_stay_in_bounds():
                 assert all(r == r_max or c > left for r, c in zip(ranks, costs))
 
 
+def test_a_cap_per_layer_is_never_passed_and_the_rest_of_the_budget_goes_elsewhere():
+    """A layer's rank is pointless above min(in, out); with a cap per layer the budget it cannot
+    take goes to the others, also when hysteresis keeps some layers where they are."""
+    costs = [32, 32, 32]
+    assert project_to_budget([1, 1, 10], costs, 24 * 32, 1, [32, 32, 16]) == [4, 4, 16]
+    assert settle_ranks([1, 1, 10], costs, 24 * 32, [8, 8, 8], 1, 1, [32, 32, 16]) == [4, 4, 16]
+    with pytest.raises(ValueError, match="3 scores but 2 rank caps"):
+        project_to_budget([1, 1, 1], costs, 96, 0, [8, 8])
+
+
 def test_budget_met_exactly_with_equal_costs_and_by_largest_remainder():
     costs = [10, 10, 10]
     # lambda * (1, 1, 1.2) spends 70: real ranks (2.19, 2.19, 2.62); floors (2, 2, 2) cost 60,

@@ -180,7 +180,8 @@ class DynamicLoraController(AllocationController):
         weights = self.weights.detach().cpu()
         scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         current = [a.r for a in self.adapters.values()]
-        ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, cfg.r_max,
+        caps = [min(cfg.r_max, a.in_features, a.out_features) for a in self.adapters.values()]
+        ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, caps,
                              cfg.budget_exact)
         results: dict[str, ResizeResult] = {}
         # Fresh components come from a generator seeded by the step: the same in every process

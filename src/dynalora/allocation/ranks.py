@@ -76,8 +76,11 @@ def uniform_budget(costs: Sequence[int], r: int) -> int:
 
 
 def project_to_budget(scores: torch.Tensor | Sequence[float], costs: Sequence[int], budget: int,
-                      r_min: int = 0, r_max: int | None = None, exact: bool = True) -> list[int]:
+                      r_min: int = 0, r_max: int | Sequence[int] | None = None, exact: bool = True) -> list[int]:
     """Integer ranks near `lambda * scores`, within [r_min, r_max], costing at most `budget`.
+
+    `r_max` is one cap for every layer or a cap per layer (a layer's rank is pointless above
+    min(in, out): the extra components would be linearly dependent); None: the largest score.
 
     `costs[l]` is what one rank costs in layer l (d_l + k_l). With `exact`, lambda is chosen so
     the clamped real ranks spend the whole budget, and the fractional parts are handed out
@@ -92,9 +95,13 @@ def project_to_budget(scores: torch.Tensor | Sequence[float], costs: Sequence[in
         raise ValueError(f"{n} scores but {len(c)} costs")
     if any(x <= 0 for x in c):
         raise ValueError(f"costs must be positive, got {c}")
-    r_max = r_max if r_max is not None else max(1, math.ceil(max(s, default=0.0)))
-    if r_min > r_max:
-        raise ValueError(f"r_min={r_min} > r_max={r_max}")
+    if r_max is None:
+        r_max = max(1, math.ceil(max(s, default=0.0)))
+    caps = [int(r_max)] * n if isinstance(r_max, (int, float)) else [int(x) for x in r_max]
+    if len(caps) != n:
+        raise ValueError(f"{n} scores but {len(caps)} rank caps")
+    if any(r_min > cap for cap in caps):
+        raise ValueError(f"r_min={r_min} > r_max={min(caps)}")
     floor_cost = r_min * sum(c)
     if budget < floor_cost:
         raise ValueError(f"budget={budget} is below what r_min={r_min} in every layer costs ({floor_cost})")
@@ -102,7 +109,7 @@ def project_to_budget(scores: torch.Tensor | Sequence[float], costs: Sequence[in
         s = [1.0] * n
 
     def spent(lam: float) -> float:
-        return sum(min(max(lam * x, r_min), r_max) * cost for x, cost in zip(s, c))
+        return sum(min(max(lam * x, r_min), cap) * cost for x, cost, cap in zip(s, c, caps))
 
     if spent(1.0) <= budget and not exact:
         lam = 1.0
@@ -117,19 +124,19 @@ def project_to_budget(scores: torch.Tensor | Sequence[float], costs: Sequence[in
             else:
                 hi = mid
         lam = lo
-    real = [min(max(lam * x, r_min), r_max) for x in s]
+    real = [min(max(lam * x, r_min), cap) for x, cap in zip(s, caps)]
     ranks = [math.floor(x) for x in real]
     left = budget - sum(r * cost for r, cost in zip(ranks, c))
     order = sorted(range(n), key=lambda i: (-(real[i] - ranks[i]), i))
     for i in order:
         if not exact and real[i] - ranks[i] < 0.5:
             continue
-        if ranks[i] < r_max and c[i] <= left:
+        if ranks[i] < caps[i] and c[i] <= left:
             ranks[i] += 1
             left -= c[i]
     # Exact: budget can remain only when the scored layers are full; fill what still fits.
-    while exact and any(r < r_max and cost <= left for r, cost in zip(ranks, c)):
-        i = next(i for i in order if ranks[i] < r_max and c[i] <= left)
+    while exact and any(r < cap and cost <= left for r, cost, cap in zip(ranks, c, caps)):
+        i = next(i for i in order if ranks[i] < caps[i] and c[i] <= left)
         ranks[i] += 1
         left -= c[i]
     return ranks
@@ -141,7 +148,8 @@ def adapter_parameters(ranks: Sequence[int], costs: Sequence[int]) -> int:
 
 
 def settle_ranks(scores: torch.Tensor | Sequence[float], costs: Sequence[int], budget: int, current: Sequence[int],
-                 hysteresis: int, r_min: int = 0, r_max: int | None = None, exact: bool = True) -> list[int]:
+                 hysteresis: int, r_min: int = 0, r_max: int | Sequence[int] | None = None,
+                 exact: bool = True) -> list[int]:
     """`project_to_budget`, except that layers whose new rank would differ from `current` by at
     most `hysteresis` keep their current rank; the other layers share the rest of the budget.
 
@@ -162,7 +170,8 @@ def settle_ranks(scores: torch.Tensor | Sequence[float], costs: Sequence[int], b
     left = budget - sum(int(current[i]) * int(costs[i]) for i, k in enumerate(keep) if k)
     if left < r_min * sum(int(costs[i]) for i in moving):
         return ranks
-    moved = project_to_budget([s[i] for i in moving], [costs[i] for i in moving], left, r_min, r_max, exact)
+    caps = r_max if r_max is None or isinstance(r_max, (int, float)) else [r_max[i] for i in moving]
+    moved = project_to_budget([s[i] for i in moving], [costs[i] for i in moving], left, r_min, caps, exact)
     settled = [int(r) for r in current]
     for i, r in zip(moving, moved):
         settled[i] = r

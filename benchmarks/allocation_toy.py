@@ -1,0 +1,154 @@
+"""How much of the best possible allocation gain dynamic LoRA captures, on a toy with a known answer.
+
+    .venv/bin/python benchmarks/allocation_toy.py [--ranks 2 4 8] [--seeds 0 1 2] [--steps 300]
+
+Twelve layers (16 x 16) must each learn a target update of known rank (their "needs",
+1 to 16 directions, each target of Frobenius norm 2 spread evenly over its directions;
+`RankNeedToy` of tests/allocation_helpers.py). At rank r a layer that needs k > r directions
+keeps the energy of k - r of them: (4 / k) / 16 per missing direction. So for any final
+ranks the best reachable loss is known, and so is the best allocation of a budget: a direction
+of a layer that needs k is worth 4 / k, and the oracle takes the most valuable directions the
+budget (12 r directions, every layer at least 1, at most 4 r and 16) buys. Low-need layers are worth
+filling first: their few directions carry more energy each.
+
+Arms, all at the budget of uniform LoRA at rank r:
+  uniform     LoRA: every layer at r (dynamic LoRA with no reallocation and no weights);
+  v2          dynamic LoRA's defaults;
+  v2-ranks    the defaults with weight_mode="ranks" (weights steer ranks, learning rates alone);
+  paper       the paper-literal rule: element-mean importance, weights in the forward,
+              clamps [0.25, 4], tau 1, beta 1, gamma 0, 12 reallocations, no hysteresis, fresh
+              components with zeroed Adam state. Every layer reads the same input here, so the
+              input statistic cannot tell them apart and ranks stay near uniform;
+  oracle      LoRA at the oracle's ranks, fixed from the start.
+
+Per arm: the trained loss on fresh inputs, the best loss reachable at its final ranks
+("theory"), and the share of the oracle's gain over uniform it captures, (uniform - arm) /
+(uniform - oracle), from the theory losses (training noise apart) and from the trained ones.
+r = 2 is a tight budget (24 directions for needs that sum to 61), r = 4 a binding one, r = 8
+a loose one (96 directions; only the layers that need 12 and 16 lack any).
+
+Writes benchmarks/results/allocation_toy.{json,md,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from allocation_helpers import RankNeedToy, toy_training  # noqa: E402
+from bench_common import load_average, result_header  # noqa: E402
+
+from dynalora.allocation import DynamicLoraConfig  # noqa: E402
+from dynalora.analysis.tables import write_table  # noqa: E402
+from dynalora.files import write_json  # noqa: E402
+
+NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
+D = 16
+NORM2 = 4.0  # squared Frobenius norm of every target
+PAPER = {"importance": "magnitude", "weight_mode": "forward", "w_min": 0.25, "w_max": 4.0, "tau": 1.0,
+         "beta": 1.0, "gamma": 0.0, "reallocations": 12, "hysteresis": 0, "grow_state": "zero"}
+
+
+def theory_loss(ranks: list[int], needs: list[int] = NEEDS) -> float:
+    """The lowest loss reachable at these ranks: the energy of the directions left unfit."""
+    return sum(max(0, k - r) * (NORM2 / k) / D for k, r in zip(needs, ranks))
+
+
+def oracle_ranks(r: int, needs: list[int] = NEEDS, r_min: int = 1) -> list[int]:
+    """The ranks that minimise `theory_loss` with 12 r directions in all, each in [r_min, r_max]
+    (dynamic LoRA's: 4 r, and never more than the layer's size)."""
+    r_max = min(4 * r, D)
+    ranks = [r_min] * len(needs)
+    left = r * len(needs) - sum(ranks)
+    # every direction a layer still lacks, most valuable first (ties: the lower layer)
+    wanted = sorted(((NORM2 / k, -i) for i, k in enumerate(needs) for _ in range(max(0, min(k, r_max) - r_min))),
+                    reverse=True)
+    for _, neg in wanted[:left]:
+        ranks[-neg] += 1
+    left -= min(left, len(wanted))
+    for i in range(len(ranks)):  # budget beyond every need: spread it, it changes nothing
+        extra = min(left, r_max - ranks[i])
+        ranks[i] += extra
+        left -= extra
+    return ranks
+
+
+def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig:
+    if arm == "uniform":
+        return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off")
+    if arm == "oracle":
+        pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r))}
+        return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off", rank_pattern=pattern)
+    options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "paper": PAPER}[arm]
+    return DynamicLoraConfig(r=r, target_modules=names, **options)
+
+
+def run(arm: str, r: int, seed: int, steps: int) -> dict:
+    names = [f"layers.{i}" for i in range(len(NEEDS))]
+    model, controller, _ = toy_training(RankNeedToy(NEEDS, d=D, seed=seed), arm_config(arm, r, names), steps, seed=seed)
+    x = torch.randn(4096, D, generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        loss = float(model(x))
+    ranks = [model.ranks()[name] for name in names]
+    summary = controller.summary() if hasattr(controller, "summary") else {}
+    return {"arm": arm, "r": r, "seed": seed, "loss": loss, "theory": theory_loss(ranks), "ranks": ranks,
+            "parameters": sum(ranks) * 2 * D, "budget": len(NEEDS) * r * 2 * D,
+            "reversals_per_layer": summary.get("reversals", {}).get("mean_per_layer")}
+
+
+def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
+    rows = []
+    for r in sorted({x["r"] for x in runs}):
+        def median(arm: str, key: str) -> float:
+            return statistics.median(x[key] for x in runs if x["r"] == r and x["arm"] == arm)
+
+        base, best = median("uniform", "loss"), median("oracle", "loss")
+        base_t, best_t = theory_loss([r] * len(NEEDS)), theory_loss(oracle_ranks(r))
+        for arm in arms:
+            loss, theory = median(arm, "loss"), median(arm, "theory")
+            mine = [x for x in runs if x["r"] == r and x["arm"] == arm]
+            rows.append({
+                "r": r, "arm": arm, "seeds": len(mine), "loss (median)": f"{loss:.4f}", "theory at its ranks": f"{theory:.4f}",
+                "share of oracle gain (theory)": f"{(base_t - theory) / (base_t - best_t):.2f}" if base_t > best_t else "–",
+                "share of oracle gain (trained)": f"{(base - loss) / (base - best):.2f}" if base - best > 1e-3 else "–",
+                "final ranks (seed " + str(mine[0]["seed"]) + ")": " ".join(map(str, mine[0]["ranks"])),
+            })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    arms = ["uniform", "v2", "v2-ranks", "paper", "oracle"]
+    load = load_average()
+    runs = []
+    for r in args.ranks:
+        for seed in args.seeds:
+            for arm in arms:
+                runs.append(run(arm, r, seed, args.steps))
+                print(f"r={r} seed {seed} {arm}: loss {runs[-1]['loss']:.4f}, theory {runs[-1]['theory']:.4f}",
+                      flush=True)
+    rows = summarise(runs, arms)
+    text = write_table(rows, list(rows[0]), Path(args.output),
+                       title=f"Allocation on a toy with known needs {NEEDS} (12 layers, 16 x 16), "
+                             f"{args.steps} steps, medians over seeds {args.seeds}")
+    write_json(Path(args.output + ".json"), {**result_header("allocation_toy.py", argv, args, load),
+                                             "needs": NEEDS, "rows": rows, "runs": runs})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
