@@ -106,14 +106,14 @@ def run(arm: str, r: int, seed: int, steps: int) -> dict:
 
 def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
     rows = []
-    for r in sorted({x["r"] for x in runs}):
-        def median(arm: str, key: str) -> float:
-            return statistics.median(x[key] for x in runs if x["r"] == r and x["arm"] == arm)
+    def median(r: int, arm: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs if x["r"] == r and x["arm"] == arm)
 
-        base, best = median("uniform", "loss"), median("oracle", "loss")
+    for r in sorted({x["r"] for x in runs}):
+        base, best = median(r, "uniform", "loss"), median(r, "oracle", "loss")
         base_t, best_t = theory_loss([r] * len(NEEDS)), theory_loss(oracle_ranks(r))
         for arm in arms:
-            loss, theory = median(arm, "loss"), median(arm, "theory")
+            loss, theory = median(r, arm, "loss"), median(r, arm, "theory")
             mine = [x for x in runs if x["r"] == r and x["arm"] == arm]
             rows.append({
                 "r": r, "arm": arm, "seeds": len(mine), "loss (median)": f"{loss:.4f}", "theory at its ranks": f"{theory:.4f}",
