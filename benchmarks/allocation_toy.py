@@ -19,6 +19,9 @@ Arms, all at the budget of uniform LoRA at rank r:
               clamps [0.25, 4], tau 1, beta 1, gamma 0, 12 reallocations, no hysteresis, fresh
               components with zeroed Adam state. Every layer reads the same input here, so the
               input statistic cannot tell them apart and ranks stay near uniform;
+  rank1       Rank-1 Sum LoRA, the AdaLoRA / SoRA-style alternative: 2 r gated components per
+              layer at the start, pruned by smoothed sensitivity on a cubic schedule to the
+              budget of 12 r components (keep_fraction 0.5, its default);
   oracle      LoRA at the oracle's ranks, fixed from the start.
 
 Per arm: the trained loss on fresh inputs, the best loss reachable at its final ranks
@@ -46,7 +49,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from allocation_helpers import RankNeedToy, toy_training  # noqa: E402
 from bench_common import load_average, result_header  # noqa: E402
 
-from dynalora.allocation import DynamicLoraConfig  # noqa: E402
+from dynalora.allocation import DynamicLoraConfig, Rank1LoraConfig  # noqa: E402
 from dynalora.analysis.tables import write_table  # noqa: E402
 from dynalora.files import write_json  # noqa: E402
 
@@ -81,12 +84,14 @@ def oracle_ranks(r: int, needs: list[int] = NEEDS, r_min: int = 1) -> list[int]:
     return ranks
 
 
-def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig:
+def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig | Rank1LoraConfig:
     if arm == "uniform":
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off")
     if arm == "oracle":
         pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r))}
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off", rank_pattern=pattern)
+    if arm == "rank1":
+        return Rank1LoraConfig(r=2 * r, target_modules=names)
     options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "paper": PAPER}[arm]
     return DynamicLoraConfig(r=r, target_modules=names, **options)
 
@@ -126,13 +131,13 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4, 8], help="at most 8 (rank1 starts at 2 r)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    arms = ["uniform", "v2", "v2-ranks", "paper", "oracle"]
+    arms = ["uniform", "v2", "v2-ranks", "paper", "rank1", "oracle"]
     load = load_average()
     runs = []
     for r in args.ranks:
