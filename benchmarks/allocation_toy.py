@@ -15,6 +15,8 @@ Arms, all at the budget of uniform LoRA at rank r:
   uniform     LoRA: every layer at r (dynamic LoRA with no reallocation and no weights);
   v2          dynamic LoRA's defaults;
   v2-ranks    the defaults with weight_mode="ranks" (weights steer ranks, learning rates alone);
+  target      the defaults with rank_rule="target": ranks from the value of each direction of
+              the layer's Newton target (secant curvature between gradient probes);
   paper       the paper-literal rule: element-mean importance, weights in the forward,
               clamps [0.25, 4], tau 1, beta 1, gamma 0, 12 reallocations, no hysteresis, fresh
               components with zeroed Adam state. Every layer reads the same input here, so the
@@ -46,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from allocation_helpers import RankNeedToy, toy_training  # noqa: E402
+from allocation_helpers import RankNeedToy, oracle_ranks, theory_loss, toy_training  # noqa: E402
 from bench_common import load_average, result_header  # noqa: E402
 
 from dynalora.allocation import DynamicLoraConfig, Rank1LoraConfig  # noqa: E402
@@ -55,44 +57,19 @@ from dynalora.files import write_json  # noqa: E402
 
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
 D = 16
-NORM2 = 4.0  # squared Frobenius norm of every target
 PAPER = {"importance": "magnitude", "weight_mode": "forward", "w_min": 0.25, "w_max": 4.0, "tau": 1.0,
          "beta": 1.0, "gamma": 0.0, "reallocations": 12, "hysteresis": 0, "grow_state": "zero"}
-
-
-def theory_loss(ranks: list[int], needs: list[int] = NEEDS) -> float:
-    """The lowest loss reachable at these ranks: the energy of the directions left unfit."""
-    return sum(max(0, k - r) * (NORM2 / k) / D for k, r in zip(needs, ranks))
-
-
-def oracle_ranks(r: int, needs: list[int] = NEEDS, r_min: int = 1) -> list[int]:
-    """The ranks that minimise `theory_loss` with 12 r directions in all, each in [r_min, r_max]
-    (dynamic LoRA's: 4 r, and never more than the layer's size)."""
-    r_max = min(4 * r, D)
-    ranks = [r_min] * len(needs)
-    left = r * len(needs) - sum(ranks)
-    # every direction a layer still lacks, most valuable first (ties: the lower layer)
-    wanted = sorted(((NORM2 / k, -i) for i, k in enumerate(needs) for _ in range(max(0, min(k, r_max) - r_min))),
-                    reverse=True)
-    for _, neg in wanted[:left]:
-        ranks[-neg] += 1
-    left -= min(left, len(wanted))
-    for i in range(len(ranks)):  # budget beyond every need: spread it, it changes nothing
-        extra = min(left, r_max - ranks[i])
-        ranks[i] += extra
-        left -= extra
-    return ranks
 
 
 def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig | Rank1LoraConfig:
     if arm == "uniform":
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off")
     if arm == "oracle":
-        pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r))}
+        pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r, NEEDS))}
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off", rank_pattern=pattern)
     if arm == "rank1":
         return Rank1LoraConfig(r=2 * r, target_modules=names)
-    options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "paper": PAPER}[arm]
+    options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "target": {"rank_rule": "target"}, "paper": PAPER}[arm]
     return DynamicLoraConfig(r=r, target_modules=names, **options)
 
 
@@ -104,7 +81,7 @@ def run(arm: str, r: int, seed: int, steps: int) -> dict:
         loss = float(model(x))
     ranks = [model.ranks()[name] for name in names]
     summary = controller.summary() if hasattr(controller, "summary") else {}
-    return {"arm": arm, "r": r, "seed": seed, "loss": loss, "theory": theory_loss(ranks), "ranks": ranks,
+    return {"arm": arm, "r": r, "seed": seed, "loss": loss, "theory": theory_loss(ranks, NEEDS), "ranks": ranks,
             "parameters": sum(ranks) * 2 * D, "budget": len(NEEDS) * r * 2 * D,
             "reversals_per_layer": summary.get("reversals", {}).get("mean_per_layer")}
 
@@ -116,7 +93,7 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
 
     for r in sorted({x["r"] for x in runs}):
         base, best = median(r, "uniform", "loss"), median(r, "oracle", "loss")
-        base_t, best_t = theory_loss([r] * len(NEEDS)), theory_loss(oracle_ranks(r))
+        base_t, best_t = theory_loss([r] * len(NEEDS), NEEDS), theory_loss(oracle_ranks(r, NEEDS), NEEDS)
         for arm in arms:
             loss, theory = median(r, arm, "loss"), median(r, arm, "theory")
             mine = [x for x in runs if x["r"] == r and x["arm"] == arm]
@@ -137,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    arms = ["uniform", "v2", "v2-ranks", "paper", "rank1", "oracle"]
+    arms = ["uniform", "v2", "v2-ranks", "target", "paper", "rank1", "oracle"]
     load = load_average()
     runs = []
     for r in args.ranks:

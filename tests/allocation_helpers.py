@@ -124,6 +124,31 @@ class RankNeedToy(nn.Module):
                      - x @ target.T) ** 2).mean() for layer, target in zip(self.layers, self.targets))
 
 
+def theory_loss(ranks: list[int], needs: list[int], d: int = 16) -> float:
+    """The lowest loss a RankNeedToy (targets of energy 4) can reach at these ranks: the energy
+    of the directions left unfit, (4 / k) / d for each of a k-need layer's missing ones."""
+    return sum(max(0, k - r) * (4.0 / k) / d for k, r in zip(needs, ranks))
+
+
+def oracle_ranks(r: int, needs: list[int], d: int = 16, r_min: int = 1) -> list[int]:
+    """The ranks that minimise `theory_loss` with r directions per layer in all, each in [r_min, r_max]
+    (dynamic LoRA's: 4 r, and never more than the layer's size)."""
+    r_max = min(4 * r, d)
+    ranks = [r_min] * len(needs)
+    left = r * len(needs) - sum(ranks)
+    # every direction a layer still lacks, most valuable first (ties: the lower layer)
+    wanted = sorted(((4.0 / k, -i) for i, k in enumerate(needs) for _ in range(max(0, min(k, r_max) - r_min))),
+                    reverse=True)
+    for _, neg in wanted[:left]:
+        ranks[-neg] += 1
+    left -= min(left, len(wanted))
+    for i in range(len(ranks)):  # budget beyond every need: spread it, it changes nothing
+        extra = min(left, r_max - ranks[i])
+        ranks[i] += extra
+        left -= extra
+    return ranks
+
+
 def toy_training(model: nn.Module, config, steps: int, lr: float = 1e-2, seed: int = 0, batch: int = 64,
                  d: int = 16):
     """`steps` AdamW steps on fresh Gaussian inputs with the controller; returns (model, controller, opt)."""

@@ -210,17 +210,20 @@ def test_gradient_accumulation_gives_the_same_allocation():
         assert h1["variance"] == pytest.approx(h2["variance"], rel=1e-6)  # float32 activations
 
 
-@pytest.mark.parametrize("grow_init", ["random", "gradient"])
+@pytest.mark.parametrize("grow_init", ["random", "gradient", "target"])
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(grow_init):
     """Also when the checkpoint falls just before a reallocation step, whose gradient the
     resumed run must probe (grow_init="gradient", without the input statistic) as the
-    uninterrupted one did."""
+    uninterrupted one did; and with rank_rule="target" ("target" here), whose secant needs
+    the previous probe's gradient and update from the checkpoint."""
     options = {"grow_init": grow_init, **({"beta": 0.0} if grow_init == "gradient" else {})}
+    if grow_init == "target":
+        options = {"rank_rule": "target", "beta": 0.0}
     batches = bert_batches(24)
     torch.manual_seed(7)
     model, opt, controller = bert_controller(**options)
     run_steps(model, controller, opt, batches)
-    split = controller.history[1]["step"] - 1 if grow_init == "gradient" else 10
+    split = controller.history[1]["step"] - 1 if grow_init in ("gradient", "target") else 10
     assert any(res for h in controller.history for res in h["changed"].values() if res[1] > res[0])  # something grew
 
     torch.manual_seed(7)

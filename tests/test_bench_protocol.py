@@ -314,7 +314,9 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     # the low-rank arms both train at LoRA's chosen lr, at r=2 with LoRA's scale alpha / r = 2
     low = seed_jobs(protocol, protocol.tier("low-rank"), {"lora": 3e-4, "dynamic": 1e-3})
     assert {(j.lr, j.settings["rank"], j.settings["alpha"]) for j in low} == {(3e-4, 2, 4.0)}
-    assert {j.arm.method for j in low} == {"lora", "dynamic"} and len(low) == 12
+    assert {j.arm.method for j in low} == {"lora", "dynamic"} and len(low) == 18
+    assert {j.arm.name: j.arm.paired_with for j in low} == {"lora-r2": None, "dynamic-r2": "lora-r2",
+                                                            "dynamic-r2-target": "lora-r2"}
     assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
                  "--records", str(tmp_path / "runs.jsonl")]) == 0
     assert "6 runs left" in capsys.readouterr().out  # 2 arms x 3 lrs on the one grid task

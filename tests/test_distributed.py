@@ -36,6 +36,8 @@ from dynalora.training.checkpoint import latest_checkpoint
 DYNAMIC = {"method": "dynamic", "method_options": {"t_warmup": 2, "delta_t": 3, "t_final": 30, "stats_every": 2,
                                                    "grow_init": "gradient"},
            "dropout": 0.1, "head_dropout": 0.1, "checkpoint_every": 4}
+# rank_rule="target" decides from the probes' gradients, reduced alike in every process
+TARGET = {**DYNAMIC, "method_options": {**DYNAMIC["method_options"], "rank_rule": "target"}}
 # a batch of 7 leaves a last batch of 5 (3 + 2 rows), and accumulation spans two of them
 LORA = {"method": "lora", "batch_size": 7, "grad_accum": 2}
 
@@ -48,7 +50,8 @@ def fields(model: Path, data: Path, output: Path, **extra: Any) -> dict[str, Any
 def two_process_runs(tiny_model_dir: Path, tiny_glue_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("distributed")
     jobs = [{"name": "lora", "config": fields(tiny_model_dir, tiny_glue_dir, root / "lora", **LORA)},
-            {"name": "dynamic", "config": fields(tiny_model_dir, tiny_glue_dir, root / "dynamic", **DYNAMIC)}]
+            {"name": "dynamic", "config": fields(tiny_model_dir, tiny_glue_dir, root / "dynamic", **DYNAMIC)},
+            {"name": "target", "config": fields(tiny_model_dir, tiny_glue_dir, root / "target", **TARGET)}]
     spawn(jobs, root)
     return root
 
@@ -78,19 +81,20 @@ def test_two_process_lora_matches_one_process_with_the_same_global_batch(
     assert steps[0] == steps[1] and len(steps[0]) == 21
 
 
-def test_two_process_dynamic_lora_stays_identical_through_reallocations(two_process_runs: Path) -> None:
-    steps = per_step(two_process_runs, "dynamic")
+@pytest.mark.parametrize("name", ["dynamic", "target"])
+def test_two_process_dynamic_lora_stays_identical_through_reallocations(two_process_runs: Path, name: str) -> None:
+    steps = per_step(two_process_runs, name)
     assert len(steps[0]) == 36
     assert steps[0] == steps[1]  # same tensors (bit for bit) and ranks after every step
     assert len({s["ranks"] for s in steps[0]}) > 2  # the ranks did change, several times
-    history = json.loads((two_process_runs / "dynamic" / "allocation.json").read_text())
+    history = json.loads((two_process_runs / name / "allocation.json").read_text())
     assert any(record["changed"] for record in history)
-    metrics = json.loads((two_process_runs / "dynamic" / "metrics.json").read_text())
+    metrics = json.loads((two_process_runs / name / "metrics.json").read_text())
     final = history[-1]["ranks"]
     assert metrics["world_size"] == 2
     assert metrics["rank_digests"] == [rank_digest(final)] * 2
     # the checkpoint written by rank 0 holds the controller state every process shares
-    assert latest_checkpoint(two_process_runs / "dynamic" / "checkpoints").progress["world_size"] == 2
+    assert latest_checkpoint(two_process_runs / name / "checkpoints").progress["world_size"] == 2
 
 
 def test_killed_two_process_run_resumes_under_torchrun(two_process_runs: Path, tiny_model_dir: Path,

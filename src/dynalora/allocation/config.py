@@ -62,6 +62,13 @@ class DynamicLoraConfig(LoraConfig):
         variance v~ is the same for layers that read the same input (q, k, v of a block) and
         spanned only 0.8-1.2 across blocks on MiniLM/MRPC, so it mostly added noise;
         beta = 1, gamma = 0 is the paper-literal rule. r_min = 1 keeps every layer trainable.
+        `rank_rule="target"` replaces this rule (weights, beta and gamma then only steer
+        learning rates): each layer's curvature from a secant between two gradient probes
+        (the end of warm-up and each reallocation), its Newton target T = Delta W - G / kappa,
+        and ranks that take the directions of T worth the most loss per parameter
+        (allocation/target_rule.py). Near the best allocation on toys with known needs, at
+        tight budgets too, where "weights" can end below uniform LoRA; not yet measured on
+        real data, so not the default.
         `hysteresis`: a layer whose target differs from its rank by at most this much keeps
         its rank (the others share what is left of the budget): changes of one rank are
         noise, and each change costs an SVD reparametrisation or fresh components. None (the
@@ -108,6 +115,7 @@ class DynamicLoraConfig(LoraConfig):
     stats_every: int = 10
     stats_max_tokens: int = 2048
     gamma: float = 1.0
+    rank_rule: str = "weights"
     r_min: int = 1
     r_max: int | None = None
     budget: int | None = None
@@ -136,6 +144,7 @@ class DynamicLoraConfig(LoraConfig):
             check(0.0 <= value < 1.0, name, "must be in [0, 1)", value)
         _check_choice(self, "weighting", ("softmax", "linear", "off"))
         _check_choice(self, "weight_mode", ("lr", "forward", "ranks"))
+        _check_choice(self, "rank_rule", ("weights", "target"))
         check(self.tau > 0, "tau", "must be > 0", self.tau)
         check(0 < self.w_min <= 1.0, "w_min", "must be in (0, 1] (weights have mean 1)", self.w_min)
         check(self.w_max >= 1.0, "w_max", "must be >= 1 (weights have mean 1)", self.w_max)

@@ -8,7 +8,8 @@ Per `after_optimizer_step(t)` (schedule from `DynamicLoraConfig.resolve_schedule
   every `weight_every` steps); they act as learning-rate multipliers (`weight_mode="lr"`,
   through `LearningRateScaler`) or in the forward (`"forward"`, the paper's);
 * t = t_warmup + k delta_t <= t_final: reallocate: rank scores from weights (and input
-  variance when beta > 0), projected onto the parameter budget with hysteresis, adapters
+  variance when beta > 0), or with rank_rule="target" from what each layer's directions are
+  worth (target_rule.py; its first gradient probe is at t_warmup), projected onto the parameter budget with hysteresis, adapters
   grown or shrunk with the optimizer kept consistent, a record appended to `history`.
 After t_final nothing moves.
 """
@@ -35,6 +36,13 @@ from dynalora.allocation.ranks import (
 from dynalora.allocation.resize import ResizeResult, resize_adapter
 from dynalora.allocation.scores import layer_gradient, layer_importance, layer_sensitivity
 from dynalora.allocation.stats import InputStatistics
+from dynalora.allocation.target_rule import (
+    decode,
+    direction_values,
+    encode,
+    greedy_ranks,
+    sketched_factors,
+)
 
 GROWTH_SEED = 0x5EED  # fresh components at step t are drawn from a generator seeded GROWTH_SEED + t
 
@@ -67,8 +75,10 @@ class DynamicLoraController(AllocationController):
         if cfg.beta > 0:  # the statistic only matters to the rank rule when beta > 0
             self.stats = InputStatistics(self.model.base_model, {name: layers[name] for name in self.names},
                                          cfg.stats_max_tokens)
-        if cfg.grow_init == "gradient" and cfg.reallocations:
+        if (cfg.grow_init == "gradient" or cfg.rank_rule == "target") and cfg.reallocations:
             self.probe = GradientProbe({name: layers[name] for name in self.names})
+        # rank_rule="target": each layer's G and Delta W (as factors) at the last probe, for the secant
+        self.anchor: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._set_hooks_for(self.step + 1)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -103,22 +113,61 @@ class DynamicLoraController(AllocationController):
                 self._move_weights(refresh=(t - warmup - 1) % cfg.weight_every == 0)
             if self._reallocates_at(t):
                 record = self._reallocate()
+            elif self._anchors_at(t):
+                self.anchor = self._probed(self._mean_grads(self.probe.take()))
         self._set_hooks_for(t + 1)
         return record
 
     def _set_hooks_for(self, t: int) -> None:
         """Attach the statistics hooks when the forward of step `t` is to be sampled, and the
-        gradient probe when step `t` ends in a reallocation."""
+        gradient probe when step `t` ends in a reallocation or is the target rule's anchor."""
         final = self._schedule[1] if self._schedule is not None else None
         if self.stats is not None and (t - 1) % self.config.stats_every == 0 and (final is None or t <= final):
             self.stats.attach()
-        if self.probe is not None and self._schedule is not None and self._reallocates_at(t):
-            self.probe.attach(seed=GROWTH_SEED + t)
+        if self.probe is not None and self._schedule is not None and (self._reallocates_at(t) or self._anchors_at(t)):
+            # the target rule compares two probes: their sketches must be the same
+            self.probe.attach(seed=GROWTH_SEED if self.config.rank_rule == "target" else GROWTH_SEED + t)
 
     def _reallocates_at(self, t: int) -> bool:
         """Whether step `t` ends in a reallocation (the schedule must be resolved)."""
         warmup, final, delta = self.schedule
         return bool(self.config.reallocations) and warmup < t <= final and (t - warmup) % delta == 0
+
+    def _anchors_at(self, t: int) -> bool:
+        """Whether step `t` is the target rule's first probe (the end of warm-up), which the
+        first reallocation's secant starts from."""
+        return self.config.rank_rule == "target" and t == max(self.schedule[0], 1) and not self._reallocates_at(t)
+
+    def _mean_grads(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The probe's gradients as the mean over processes (a caller's reduce, else an
+        all-reduce when torch.distributed runs), so every process decides alike; a layer this
+        process saw no training forward of adds zeros."""
+        mean = mean_over_processes if self.reduce is no_reduce else self.reduce
+        out = {}
+        for name, adapter in self.adapters.items():
+            mine = grads.get(name)
+            if mine is None:
+                rows = self.probe.sketches[name].shape[1] if name in self.probe.sketches else adapter.out_features
+                mine = torch.zeros(rows, adapter.in_features, device=self.device)
+            out[name] = mean(mine.to(self.device))
+        return out
+
+    def _probed(self, grads: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+        """(G, Delta W factors) per layer, sketched alike (the probe's sketch for wide layers)."""
+        return {name: (grads[name].float(), sketched_factors(adapter, self.probe.sketches.get(name)))
+                for name, adapter in self.adapters.items()}
+
+    def _target_scores(self, grads: dict[str, torch.Tensor], caps: list[int]) -> list[float]:
+        """rank_rule="target": ranks that take the most valuable directions (target_rule.py);
+        the current ranks before a first secant exists."""
+        now = self._probed(grads)
+        current = [a.r for a in self.adapters.values()]
+        if self.anchor is None:
+            self.anchor = now
+            return [float(r) for r in current]
+        values = [direction_values(*now[name], *self.anchor[name], cap) for name, cap in zip(self.names, caps)]
+        self.anchor = now
+        return [float(r) for r in greedy_ranks(values, self.costs, self.budget, current, self.config.r_min, caps)]
 
     def _index(self, present: list[int]) -> torch.Tensor:
         key = tuple(present)
@@ -178,27 +227,23 @@ class DynamicLoraController(AllocationController):
         else:
             variance = torch.zeros(len(self.names), dtype=torch.float64)
         weights = self.weights.detach().cpu()
-        scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         current = [a.r for a in self.adapters.values()]
         caps = [min(cfg.r_max, a.in_features, a.out_features) for a in self.adapters.values()]
+        grads = self._mean_grads(self.probe.take()) if self.probe is not None else {}
+        if cfg.rank_rule == "target":
+            scores = self._target_scores(grads, caps)
+        else:
+            scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, caps,
                              cfg.budget_exact)
         results: dict[str, ResizeResult] = {}
         # Fresh components come from a generator seeded by the step: the same in every process
         # and in a resumed run, and the training RNG stream is left alone.
         generator = torch.Generator().manual_seed(GROWTH_SEED + self.step)
-        grads = self.probe.take() if self.probe is not None else {}
         for (name, adapter), r in zip(self.adapters.items(), ranks):
             direct = None
-            if r > adapter.r and self.probe is not None:  # every process turns its rows by the same mean gradient
-                mine = grads.get(name)
-                if mine is None:  # this process saw no training forward of the layer: it adds nothing
-                    rows = self.probe.sketches[name].shape[1] if name in self.probe.sketches else adapter.out_features
-                    mine = torch.zeros(rows, adapter.in_features, device=self.device)
-                # The gradient of the global batch: a caller's reduce, else an all-reduce mean when
-                # torch.distributed runs (without it each process would grow different rows).
-                mean = mean_over_processes if self.reduce is no_reduce else self.reduce
-                grad, A = mean(mine.to(self.device)), adapter.lora_A
+            if r > adapter.r and cfg.grow_init == "gradient":  # every process turns its rows by the same mean gradient
+                grad, A = grads[name], adapter.lora_A
                 direct = lambda rows, grad=grad, A=A: informed_rows(grad, A, rows)  # noqa: E731
             if r != adapter.r:
                 results[name] = resize_adapter(adapter, r, cfg.shrink, self._optimizer_for_resize(),
@@ -232,6 +277,8 @@ class DynamicLoraController(AllocationController):
             "stats": None if self.stats is None else self.stats.state_dict(),
             "budget": self.budget,
             "initial_ranks": self.initial_ranks,
+            "anchor": None if self.anchor is None else {k: [encode(g), encode(left), encode(right)]
+                                                        for k, (g, (left, right)) in self.anchor.items()},
         }
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
@@ -245,6 +292,9 @@ class DynamicLoraController(AllocationController):
             self._write_weights()
         self.budget = int(state["budget"])
         self.initial_ranks = dict(state.get("initial_ranks") or self.initial_ranks)
+        anchor = state.get("anchor")
+        self.anchor = None if anchor is None else {
+            k: (decode(g, device), (decode(left, device), decode(right, device))) for k, (g, left, right) in anchor.items()}
         if self.stats is not None and state.get("stats") is not None:
             self.stats.detach()
             self.stats.load_state_dict(state["stats"])

@@ -16,8 +16,8 @@ benchmarks/paper_ablation.yaml at dynamic's lr or, where a variant says `lr_from
 3 seeds on MRPC and CoLA; ablation-extra: the variants marked `tier: ablation-extra` there, which
 go beyond removing one mechanism), 3 (the paper's
 baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-2 subset),
-low-rank (exploratory, added after tier 1's first seeds: LoRA and dynamic LoRA at a quarter of
-the budget, r=2, on CoLA and STS-B, 3 seeds; see LOW_RANK).
+low-rank (exploratory, added after tier 1's first seeds: LoRA and dynamic LoRA, the latter also
+with rank_rule="target", at a quarter of the budget, r=2, on CoLA and STS-B, 3 seeds; see LOW_RANK).
 
 Budget, the same for every run: at most MAX_EPOCHS epochs, evaluated on the selection split
 after each, stopped after PATIENCE evaluations without a better GLUE score, with no best
@@ -168,6 +168,10 @@ def read_ablation(path: Path) -> dict[str, dict[str, Any]]:
 # and both train at it (neither is tuned here: the comparison is paired, at one shared lr).
 LOW_RANK = {"rank": 2, "alpha": 4.0}
 MAIN_ARMS = ("lora", "dynamic", "peft-adalora")
+# dynamic-r2-target: rank_rule="target" (ranks from what each direction is worth; near the best
+# allocation on toys at tight budgets, where the default rule can lose to uniform LoRA), added
+# on 2026-11-29 before any real run of it, with the low-rank tier's other arms done or running.
+LOW_RANK_ARMS = ("lora-r2", "dynamic-r2", "dynamic-r2-target")
 BASELINE_ARMS = ("full", "head", "adapter", "bitfit")
 # A variant's `tier`: "ablation" (one mechanism of the issue's list removed: weights, input
 # statistic, reallocation) or "ablation-extra" (other options worth a look), run after the
@@ -181,7 +185,9 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
             Arm("full", "full", None), Arm("head", "head", None), Arm("adapter", "adapter", None),
             Arm("bitfit", "bitfit", None),
             Arm("lora-r2", "lora", overrides=LOW_RANK, lr_from="lora"),
-            Arm("dynamic-r2", "dynamic", overrides=LOW_RANK, lr_from="lora", paired_with="lora-r2")]
+            Arm("dynamic-r2", "dynamic", overrides=LOW_RANK, lr_from="lora", paired_with="lora-r2"),
+            Arm("dynamic-r2-target", "dynamic", method_options={"rank_rule": "target"}, overrides=LOW_RANK,
+                lr_from="lora", paired_with="lora-r2")]
     names = {a.name for a in arms}
     variants, extra = [], set()
     for name, options in read_ablation(ablation_file).items():
@@ -210,7 +216,7 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
                 tasks=("mrpc", "cola"), seeds=(0, 1, 2))] if extra else []),
         Tier("3", BASELINE_ARMS, grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
         Tier("sst2", MAIN_ARMS, tasks=("sst2",), seeds=(0, 1, 2), settings={"max_train_samples": SST2_SUBSET}),
-        Tier("low-rank", ("lora-r2", "dynamic-r2"), tasks=("cola", "stsb"), seeds=(0, 1, 2)),
+        Tier("low-rank", LOW_RANK_ARMS, tasks=("cola", "stsb"), seeds=(0, 1, 2)),
     )
     shared = {"epochs": MAX_EPOCHS, "min_epochs": MIN_EPOCHS, "early_stopping_patience": PATIENCE,
               "selection": "split", "batch_size": 32, "rank": 8, "alpha": 16.0, "max_length": 128,

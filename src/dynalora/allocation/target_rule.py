@@ -1,0 +1,86 @@
+"""`rank_rule="target"`: ranks from what each of a layer's directions is worth (docs/method.md).
+
+The default rule gives a layer rank in proportion to its weight, that is to how much it still
+has to learn in total. Where the budget is tight that is the wrong question: a layer with much
+left to learn spread over many directions gains little from one more, while a layer whose few
+directions each carry much loses a lot from giving one up (benchmarks/allocation_toy.py: at a
+tight budget the default rule ends below uniform LoRA). This rule asks what one more (or one
+fewer) direction is worth.
+
+At a probe step the controller has each layer's full-weight gradient G (or its sketch
+Omega^T G, see grow_init.GradientProbe) and its update Delta W = s w B A (sketched alike).
+Between two probe steps a secant gives the layer's curvature along the path its update took,
+    kappa = <G2 - G1, W2 - W1> / ||W2 - W1||^2,
+and under a quadratic model of the loss in that layer's weight the update the layer is heading
+for is the Newton point T = Delta W - G / kappa. A direction of T with singular value tau
+carries kappa tau^2 / 2 of loss, whether the adapter already holds it or lacks it. Ranks then
+take the most valuable directions per parameter within the budget (every layer at least
+r_min, at most its cap), as the best allocation would if the needs were known; on a quadratic
+toy this recovers them exactly. A layer whose secant is undefined (its update did not move, or
+the curvature came out <= 0 from gradient noise) keeps its rank.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynalora.adapters.layer import LoraAdapter
+
+
+def sketched_factors(adapter: LoraAdapter, sketch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) with left @ right = Delta W (out x in), or Omega^T Delta W with the probe's
+    sketch Omega (out x k); float32. Kept as factors: a rank-r update is small to hold and to save."""
+    with torch.no_grad():
+        B = adapter.lora_B.detach().float()
+        if sketch is not None:
+            B = sketch.to(B.device).T @ B
+        return B * (adapter.scaling * float(adapter.weight)), adapter.lora_A.detach().float().clone()
+
+
+def direction_values(grad: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor], prev_grad: torch.Tensor,
+                     prev_update: tuple[torch.Tensor, torch.Tensor], cap: int) -> list[float] | None:
+    """kappa tau_j^2 / 2 for the top `cap` singular values tau_j of the Newton point
+    T = Delta W - G / kappa, largest first; None when the secant gives no curvature.
+    `update` / `prev_update`: Delta W as (left, right) factors, now and at the previous probe."""
+    with torch.no_grad():
+        now, before = (update[0] @ update[1]).double(), (prev_update[0] @ prev_update[1]).double()
+        step = now - before
+        moved = float(step.pow(2).sum())
+        kappa = float(((grad - prev_grad).double() * step).sum()) / moved if moved > 0 else math.nan
+        if not math.isfinite(kappa) or kappa <= 0:
+            return None
+        tau = torch.linalg.svdvals(now - grad.double() / kappa)[:cap]
+        return (kappa * tau.square() / 2).tolist()
+
+
+def encode(tensor: torch.Tensor) -> dict[str, Any]:
+    """A float32 tensor as JSON-able data (controller states are plain data), bit-exact."""
+    data = tensor.detach().float().contiguous().cpu().numpy().tobytes()
+    return {"shape": list(tensor.shape), "float32": base64.b64encode(data).decode("ascii")}
+
+
+def decode(data: dict[str, Any], device: torch.device | str = "cpu") -> torch.Tensor:
+    values = np.frombuffer(base64.b64decode(data["float32"]), dtype=np.float32).copy()
+    return torch.from_numpy(values).reshape(data["shape"]).to(device)
+
+
+def greedy_ranks(values: Sequence[Sequence[float] | None], costs: Sequence[int], budget: int, current: Sequence[int],
+                 r_min: int, caps: Sequence[int]) -> list[int]:
+    """Ranks that take the directions of highest value per parameter within `budget`: every
+    layer at least r_min and at most its cap, a layer's j-th direction only after its first
+    j - 1; layers without values (None) keep their `current` rank."""
+    ranks = [int(c) if v is None else min(r_min, int(cap)) for v, c, cap in zip(values, current, caps)]
+    left = budget - sum(r * int(c) for r, c in zip(ranks, costs))
+    offers = sorted(((v[j] / costs[i], i, j) for i, v in enumerate(values) if v is not None
+                     for j in range(ranks[i], min(len(v), caps[i]))), key=lambda o: (-o[0], o[1], o[2]))
+    for _, i, j in offers:  # values fall with j, so a layer's directions come in order
+        if ranks[i] == j and costs[i] <= left:
+            ranks[i] += 1
+            left -= costs[i]
+    return ranks

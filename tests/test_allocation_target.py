@@ -1,0 +1,80 @@
+"""rank_rule="target": the secant-Newton estimate of each layer's target update and the ranks
+that take its most valuable directions (dynalora.allocation.target_rule)."""
+
+import json
+
+import pytest
+import torch
+from allocation_helpers import RankNeedToy, oracle_ranks, theory_loss, toy_training
+
+from dynalora import ConfigError
+from dynalora.allocation import DynamicLoraConfig
+from dynalora.allocation.target_rule import decode, direction_values, encode, greedy_ranks
+
+
+def low_rank(out, inp, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, r, generator=g), torch.randn(r, inp, generator=g)
+
+
+def test_on_a_quadratic_layer_the_secant_finds_the_target_and_what_each_direction_is_worth():
+    """With L = kappa / 2 ||W - T||^2 the gradient is kappa (W - T): two probes along any path
+    give kappa exactly, the Newton point is T, and direction j of T is worth kappa tau_j^2 / 2
+    (the loss it carries), whether the adapter holds it or not."""
+    kappa = 2.5
+    u, v = low_rank(12, 10, 3, 0)
+    T = u @ v
+    first, second = low_rank(12, 10, 2, 1), low_rank(12, 10, 2, 2)
+    grads = [kappa * (left @ right - T) for left, right in (first, second)]
+    values = direction_values(grads[1], second, grads[0], first, cap=5)
+    tau = torch.linalg.svdvals(T.double())[:5]
+    assert values == pytest.approx((kappa * tau.square() / 2).tolist(), rel=1e-6, abs=1e-6)
+    assert values[3] == pytest.approx(0, abs=1e-6)  # T has rank 3: a 4th direction is worth nothing
+    # no movement, or a curvature the gradients' noise made <= 0: no estimate (the layer keeps its rank)
+    assert direction_values(grads[1], second, grads[0], second, cap=5) is None
+    assert direction_values(grads[0], second, grads[1], first, cap=5) is None  # kappa -2.5
+
+
+def test_greedy_ranks_take_the_most_valuable_directions_per_parameter():
+    # layer 0's directions are worth 8, 1, ...; layer 1's 3, 3, 3; layer 2 costs twice as much per rank
+    values = [[8.0, 1.0, 0.5, 0.1], [3.0, 3.0, 3.0, 0.0], [10.0, 5.0, 4.0, 0.0]]
+    costs = [10, 10, 20]
+    # r_min 1 (40), then per parameter: layer 1's 3/10 twice (60), then layer 2's 5/20 (80)
+    assert greedy_ranks(values, costs, 80, [2, 2, 2], r_min=1, caps=[4, 4, 4]) == [1, 3, 2]
+    assert greedy_ranks(values, costs, 80, [2, 2, 2], r_min=1, caps=[4, 2, 4]) == [2, 2, 2]  # a cap
+    # a layer without an estimate keeps its rank (3: 30 of the 80); the other 20 go to layer 2's 5/20
+    assert greedy_ranks([values[0], None, values[2]], costs, 80, [2, 3, 2], r_min=1, caps=[4, 4, 4]) == [1, 3, 2]
+
+
+def test_anchor_tensors_survive_json_bit_exactly():
+    t = torch.randn(3, 5) * 1e-7
+    assert torch.equal(decode(json.loads(json.dumps(encode(t)))), t)
+
+
+def test_rank_rule_is_checked():
+    with pytest.raises(ConfigError, match="rank_rule"):
+        DynamicLoraConfig(r=4, rank_rule="oracle")
+
+
+NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
+
+
+def final_theory(r, **options):
+    names = [f"layers.{i}" for i in range(len(NEEDS))]
+    model, controller, _ = toy_training(RankNeedToy(NEEDS), DynamicLoraConfig(r=r, target_modules=names, **options), 300)
+    assert controller.summary()["parameters"] <= controller.budget
+    return theory_loss([model.ranks()[n] for n in names], NEEDS)
+
+
+def test_where_the_budget_is_tight_the_target_rule_allocates_near_the_best_and_the_weight_rule_does_not():
+    """Twelve layers whose ideal updates need 1 to 16 directions (a direction of a k-need layer
+    is worth 4 / k). At r = 2 the weight rule feeds the layers with most left to learn and ends
+    below uniform LoRA (measured: -36% of the best allocation's gain); the target rule takes most
+    of that gain (measured 0.79), and at r = 4 nearly all of it (0.95; the weight rule 0.52)."""
+    def share(r, loss):
+        uniform, best = theory_loss([r] * len(NEEDS), NEEDS), theory_loss(oracle_ranks(r, NEEDS), NEEDS)
+        return (uniform - loss) / (uniform - best)
+
+    assert share(2, final_theory(2)) < 0  # the default rule: worse than not reallocating
+    assert share(2, final_theory(2, rank_rule="target")) > 0.6
+    assert share(4, final_theory(4, rank_rule="target")) > 0.85
