@@ -124,9 +124,17 @@ class DynamicLoraController(AllocationController):
         final = self._schedule[1] if self._schedule is not None else None
         if self.stats is not None and (t - 1) % self.config.stats_every == 0 and (final is None or t <= final):
             self.stats.attach()
-        if self.probe is not None and self._schedule is not None and (self._reallocates_at(t) or self._anchors_at(t)):
-            # the target rule compares two probes: their sketches must be the same
-            self.probe.attach(seed=GROWTH_SEED if self.config.rank_rule == "target" else GROWTH_SEED + t)
+        end = self._probe_ends_at(t) if self.probe is not None and self._schedule is not None else None
+        if end is not None:
+            # the same sketches over a window; the target rule also compares two probes' sketches
+            self.probe.attach(seed=GROWTH_SEED if self.config.rank_rule == "target" else GROWTH_SEED + end)
+
+    def _probe_ends_at(self, t: int) -> int | None:
+        """The probe step (a reallocation, or the target rule's anchor) whose gradient step `t`
+        adds to, or None: a probe averages the `probe_steps` steps that end at it (minibatch
+        noise in one step's gradient would add a floor to every direction's value)."""
+        return next((p for p in range(t, t + self.config.probe_steps) if self._reallocates_at(p) or self._anchors_at(p)),
+                    None)
 
     def _reallocates_at(self, t: int) -> bool:
         """Whether step `t` ends in a reallocation (the schedule must be resolved)."""
@@ -279,7 +287,17 @@ class DynamicLoraController(AllocationController):
             "initial_ranks": self.initial_ranks,
             "anchor": None if self.anchor is None else {k: [encode(g), encode(left), encode(right)]
                                                         for k, (g, (left, right)) in self.anchor.items()},
+            # gradients summed so far in a probe's window (a checkpoint inside one)
+            "probe": None if not self._probed_steps() else {
+                "steps": self._probed_steps(), "grads": {k: encode(g) for k, g in self.probe.grads.items()}},
         }
+
+    def _probed_steps(self) -> int:
+        """Steps whose gradients the probe holds: an attachment for the next step (made at the
+        end of this one) is not one yet; a resumed run makes it again."""
+        if self.probe is None:
+            return 0
+        return self.probe.steps - int(self.probe.attached)
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         device = self.device
@@ -298,9 +316,12 @@ class DynamicLoraController(AllocationController):
         if self.stats is not None and state.get("stats") is not None:
             self.stats.detach()
             self.stats.load_state_dict(state["stats"])
-        if self.probe is not None:  # a state saved just before a reallocation step probes that step
+        if self.probe is not None:  # the probe's window goes on where the saved run stood in it
             self.probe.detach()
             self.probe.take()
+            partial = state.get("probe") or {}
+            self.probe.grads = {k: decode(v, device) for k, v in (partial.get("grads") or {}).items()}
+            self.probe.steps = int(partial.get("steps", 0))
         self._set_hooks_for(self.step + 1)
 
     def summary(self) -> dict[str, Any]:
