@@ -71,7 +71,8 @@ class DynamicLoraConfig(LoraConfig):
         real data, so not the default. `probe_steps`: the gradient probes (this rule's and
         grow_init="gradient"'s) average the gradients of that many steps up to the probe
         step: one step's minibatch noise adds a floor to every direction's value (on the toy
-        at batch 8, one step: 0.47 of the best gain at r = 2, four: see NOTES.md).
+        at batch 8 and r = 2: 0.47 of the best gain with one step, 0.64 with four;
+        docs/results/dynamic_v2/NOTES.md).
         `hysteresis`: a layer whose target differs from its rank by at most this much keeps
         its rank (the others share what is left of the budget): changes of one rank are
         noise, and each change costs an SVD reparametrisation or fresh components. None (the
