@@ -1,6 +1,7 @@
 """How much of the best possible allocation gain dynamic LoRA captures, on a toy with a known answer.
 
     .venv/bin/python benchmarks/allocation_toy.py [--ranks 2 4 8] [--seeds 0 1 2] [--steps 300]
+        [--batch 64] [--arms uniform v2 ...] [--output STEM]
 
 Twelve layers (16 x 16) must each learn a target update of known rank (their "needs",
 1 to 16 directions, each target of Frobenius norm 2 spread evenly over its directions;
@@ -17,6 +18,7 @@ Arms, all at the budget of uniform LoRA at rank r:
   v2-ranks    the defaults with weight_mode="ranks" (weights steer ranks, learning rates alone);
   target      the defaults with rank_rule="target": ranks from the value of each direction of
               the layer's Newton target (secant curvature between gradient probes);
+  target-1step  the same with each probe from one step's gradient (probe_steps=1);
   paper       the paper-literal rule: element-mean importance, weights in the forward,
               clamps [0.25, 4], tau 1, beta 1, gamma 0, 12 reallocations, no hysteresis, fresh
               components with zeroed Adam state. Every layer reads the same input here, so the
@@ -57,6 +59,7 @@ from dynalora.files import write_json  # noqa: E402
 
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
 D = 16
+ARMS = ["uniform", "v2", "v2-ranks", "target", "paper", "rank1", "oracle"]
 PAPER = {"importance": "magnitude", "weight_mode": "forward", "w_min": 0.25, "w_max": 4.0, "tau": 1.0,
          "beta": 1.0, "gamma": 0.0, "reallocations": 12, "hysteresis": 0, "grow_state": "zero"}
 
@@ -69,13 +72,15 @@ def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig | Rank1L
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off", rank_pattern=pattern)
     if arm == "rank1":
         return Rank1LoraConfig(r=2 * r, target_modules=names)
-    options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "target": {"rank_rule": "target"}, "paper": PAPER}[arm]
+    options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "target": {"rank_rule": "target"},
+               "target-1step": {"rank_rule": "target", "probe_steps": 1}, "paper": PAPER}[arm]
     return DynamicLoraConfig(r=r, target_modules=names, **options)
 
 
-def run(arm: str, r: int, seed: int, steps: int) -> dict:
+def run(arm: str, r: int, seed: int, steps: int, batch: int) -> dict:
     names = [f"layers.{i}" for i in range(len(NEEDS))]
-    model, controller, _ = toy_training(RankNeedToy(NEEDS, d=D, seed=seed), arm_config(arm, r, names), steps, seed=seed)
+    model, controller, _ = toy_training(RankNeedToy(NEEDS, d=D, seed=seed), arm_config(arm, r, names), steps, seed=seed,
+                                        batch=batch)
     x = torch.randn(4096, D, generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
         loss = float(model(x))
@@ -111,22 +116,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4, 8], help="at most 8 (rank1 starts at 2 r)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=64, help="rows per step (fewer: noisier gradients)")
+    parser.add_argument("--arms", nargs="+", default=ARMS, choices=[*ARMS, "target-1step"],
+                        help="uniform and oracle are always run (the shares need them)")
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    arms = ["uniform", "v2", "v2-ranks", "target", "paper", "rank1", "oracle"]
+    arms = ["uniform", *[a for a in args.arms if a not in ("uniform", "oracle")], "oracle"]
     load = load_average()
     runs = []
     for r in args.ranks:
         for seed in args.seeds:
             for arm in arms:
-                runs.append(run(arm, r, seed, args.steps))
+                runs.append(run(arm, r, seed, args.steps, args.batch))
                 print(f"r={r} seed {seed} {arm}: loss {runs[-1]['loss']:.4f}, theory {runs[-1]['theory']:.4f}",
                       flush=True)
     rows = summarise(runs, arms)
     text = write_table(rows, list(rows[0]), Path(args.output),
                        title=f"Allocation on a toy with known needs {NEEDS} (12 layers, 16 x 16), "
-                             f"{args.steps} steps, medians over seeds {args.seeds}")
+                             f"{args.steps} steps of {args.batch} rows, medians over seeds {args.seeds}")
     write_json(Path(args.output + ".json"), {**result_header("allocation_toy.py", argv, args, load),
                                              "needs": NEEDS, "rows": rows, "runs": runs})
     print(text)
