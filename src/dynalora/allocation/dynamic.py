@@ -79,6 +79,10 @@ class DynamicLoraController(AllocationController):
             self.probe = GradientProbe({name: layers[name] for name in self.names})
         # rank_rule="target": each layer's G and Delta W (as factors) at the last probe, for the secant
         self.anchor: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
+        # the probe window so far: the sum of its steps' gradients, each already averaged over the
+        # processes (so every process holds the same, and a checkpoint by one process is everyone's)
+        self.window: dict[str, torch.Tensor] = {}
+        self.window_steps = 0
         self._set_hooks_for(self.step + 1)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -107,6 +111,10 @@ class DynamicLoraController(AllocationController):
             if hooks is not None:
                 hooks.detach()
         record = None
+        if self.probe is not None and self._probe_ends_at(t) is not None:  # step t ran with the probe
+            step = self._mean_grads(self.probe.take())
+            self.window = {k: self.window[k] + g for k, g in step.items()} if self.window else step
+            self.window_steps += 1
         if t <= final:
             self._track_importance()
             if t > warmup and cfg.weighting != "off":
@@ -114,7 +122,7 @@ class DynamicLoraController(AllocationController):
             if self._reallocates_at(t):
                 record = self._reallocate()
             elif self._anchors_at(t):
-                self.anchor = self._probed(self._mean_grads(self.probe.take()))
+                self.anchor = self._probed(self._take_window())
         self._set_hooks_for(t + 1)
         return record
 
@@ -159,6 +167,12 @@ class DynamicLoraController(AllocationController):
                 mine = torch.zeros(rows, adapter.in_features, device=self.device)
             out[name] = mean(mine.to(self.device))
         return out
+
+    def _take_window(self) -> dict[str, torch.Tensor]:
+        """The mean gradient over the probe window that ends at this step, and a fresh window."""
+        grads = {k: g / max(self.window_steps, 1) for k, g in self.window.items()}
+        self.window, self.window_steps = {}, 0
+        return grads
 
     def _probed(self, grads: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
         """(G, Delta W factors) per layer, sketched alike (the probe's sketch for wide layers)."""
@@ -237,7 +251,7 @@ class DynamicLoraController(AllocationController):
         weights = self.weights.detach().cpu()
         current = [a.r for a in self.adapters.values()]
         caps = [min(cfg.r_max, a.in_features, a.out_features) for a in self.adapters.values()]
-        grads = self._mean_grads(self.probe.take()) if self.probe is not None else {}
+        grads = self._take_window() if self.probe is not None else {}
         if cfg.rank_rule == "target":
             scores = self._target_scores(grads, caps)
         else:
@@ -288,16 +302,9 @@ class DynamicLoraController(AllocationController):
             "anchor": None if self.anchor is None else {k: [encode(g), encode(left), encode(right)]
                                                         for k, (g, (left, right)) in self.anchor.items()},
             # gradients summed so far in a probe's window (a checkpoint inside one)
-            "probe": None if not self._probed_steps() else {
-                "steps": self._probed_steps(), "grads": {k: encode(g) for k, g in self.probe.grads.items()}},
+            "probe": None if not self.window_steps else {
+                "steps": self.window_steps, "grads": {k: encode(g) for k, g in self.window.items()}},
         }
-
-    def _probed_steps(self) -> int:
-        """Steps whose gradients the probe holds: an attachment for the next step (made at the
-        end of this one) is not one yet; a resumed run makes it again."""
-        if self.probe is None:
-            return 0
-        return self.probe.steps - int(self.probe.attached)
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         device = self.device
@@ -319,9 +326,9 @@ class DynamicLoraController(AllocationController):
         if self.probe is not None:  # the probe's window goes on where the saved run stood in it
             self.probe.detach()
             self.probe.take()
-            partial = state.get("probe") or {}
-            self.probe.grads = {k: decode(v, device) for k, v in (partial.get("grads") or {}).items()}
-            self.probe.steps = int(partial.get("steps", 0))
+        partial = state.get("probe") or {}
+        self.window = {k: decode(v, device) for k, v in (partial.get("grads") or {}).items()}
+        self.window_steps = int(partial.get("steps", 0))
         self._set_hooks_for(self.step + 1)
 
     def summary(self) -> dict[str, Any]:

@@ -39,7 +39,6 @@ class GradientProbe:
         self.layers = dict(layers)
         self.grads: dict[str, torch.Tensor] = {}
         self.sketches: dict[str, torch.Tensor] = {}  # Omega per sketched layer, for this step
-        self.steps = 0  # steps attached since the last take(): the gradients are their sum
         self._handles: list[RemovableHandle] = []
 
     @property
@@ -50,7 +49,6 @@ class GradientProbe:
         """Hook the layers; `seed` (the step) draws the sketches, alike in every process."""
         if self._handles:
             return
-        self.steps += 1
         generator = torch.Generator().manual_seed(seed)
         self.sketches = {}
         for name, module in self.layers.items():
@@ -65,10 +63,9 @@ class GradientProbe:
         self._handles.clear()
 
     def take(self) -> dict[str, torch.Tensor]:
-        """The mean over the steps attached of the gradients gathered since the last take,
-        and a fresh start."""
-        grads, steps, self.grads, self.steps = self.grads, max(self.steps, 1), {}, 0
-        return {name: g / steps for name, g in grads.items()}
+        """The gradients gathered so far, and a fresh start."""
+        grads, self.grads = self.grads, {}
+        return grads
 
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
