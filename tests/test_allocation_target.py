@@ -78,3 +78,27 @@ def test_where_the_budget_is_tight_the_target_rule_allocates_near_the_best_and_t
     assert share(2, final_theory(2)) < 0  # the default rule: worse than not reallocating
     assert share(2, final_theory(2, rank_rule="target")) > 0.6
     assert share(4, final_theory(4, rank_rule="target")) > 0.85
+
+
+def test_the_target_rule_without_reallocations_and_a_probe_that_saw_no_step():
+    """reallocations=0 needs no probe (it used to fail at the anchor step); and a step that ran
+    without the probe attached (an explicit schedule, total_steps set only later) adds nothing:
+    the first secant must not start from an all-zero gradient."""
+    names = [f"layers.{i}" for i in range(3)]
+    model, controller, _ = toy_training(RankNeedToy([1, 2, 4]), DynamicLoraConfig(
+        r=2, target_modules=names, rank_rule="target", reallocations=0), 40)
+    assert controller.probe is None and set(model.ranks().values()) == {2}
+
+    from allocation_helpers import trainable
+
+    from dynalora import get_lora_model
+    from dynalora.allocation import AllocationController
+
+    wrapped = get_lora_model(RankNeedToy([1, 2, 4]), DynamicLoraConfig(
+        r=2, target_modules=names, rank_rule="target", t_warmup=1, t_final=30, delta_t=10, probe_steps=1))
+    opt = torch.optim.AdamW(trainable(wrapped), lr=1e-2)
+    controller = AllocationController(wrapped, opt)  # no total_steps: step 1 runs without the probe
+    wrapped(torch.randn(8, 16)).backward()
+    opt.step()
+    controller.after_optimizer_step()
+    assert controller.anchor is None and controller.window_steps == 0

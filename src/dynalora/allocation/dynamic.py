@@ -66,6 +66,9 @@ class DynamicLoraController(AllocationController):
         self.weights = torch.ones(n, dtype=torch.float64, device=self.device)
         self.weight_target: torch.Tensor | None = None  # what the weights move towards (2b)
         self.initial_ranks = self.ranks()
+        narrowest = min((min(a.in_features, a.out_features) for a in self.adapters.values()), default=cfg.r_min)
+        check(cfg.r_min <= narrowest, "r_min", f"is above the rank the narrowest adapted layer can hold ({narrowest})",
+              cfg.r_min)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._lr_scaler = LearningRateScaler(list(self.adapters.values()), lambda: self.weights,
                                              self._scales_learning_rates)
@@ -107,21 +110,25 @@ class DynamicLoraController(AllocationController):
     def _step(self, t: int) -> dict[str, Any] | None:
         cfg = self.config
         warmup, final, _ = self.schedule
+        probed = self.probe is not None and self.probe.attached  # the same in every process
         for hooks in (self.stats, self.probe):
             if hooks is not None:
                 hooks.detach()
         record = None
-        if self.probe is not None and self._probe_ends_at(t) is not None:  # step t ran with the probe
+        if probed:
             step = self._mean_grads(self.probe.take())
-            self.window = {k: self.window[k] + g for k, g in step.items()} if self.window else step
-            self.window_steps += 1
+            # an overflowed step (fp16, skipped by the loss scaler) would poison the window: left out,
+            # decided on the averaged gradients, so alike in every process
+            if all(bool(torch.isfinite(g).all()) for g in step.values()):
+                self.window = {k: self.window[k] + g for k, g in step.items()} if self.window else step
+                self.window_steps += 1
         if t <= final:
             self._track_importance()
             if t > warmup and cfg.weighting != "off":
                 self._move_weights(refresh=(t - warmup - 1) % cfg.weight_every == 0)
             if self._reallocates_at(t):
                 record = self._reallocate()
-            elif self._anchors_at(t):
+            elif self._anchors_at(t) and self.window_steps:
                 self.anchor = self._probed(self._take_window())
         self._set_hooks_for(t + 1)
         return record
@@ -152,7 +159,8 @@ class DynamicLoraController(AllocationController):
     def _anchors_at(self, t: int) -> bool:
         """Whether step `t` is the target rule's first probe (the end of warm-up), which the
         first reallocation's secant starts from."""
-        return self.config.rank_rule == "target" and t == max(self.schedule[0], 1) and not self._reallocates_at(t)
+        return (self.probe is not None and self.config.rank_rule == "target" and t == max(self.schedule[0], 1)
+                and not self._reallocates_at(t))
 
     def _mean_grads(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The probe's gradients as the mean over processes (a caller's reduce, else an
@@ -182,8 +190,10 @@ class DynamicLoraController(AllocationController):
     def _target_scores(self, grads: dict[str, torch.Tensor], caps: list[int]) -> list[float]:
         """rank_rule="target": ranks that take the most valuable directions (target_rule.py);
         the current ranks before a first secant exists."""
-        now = self._probed(grads)
         current = [a.r for a in self.adapters.values()]
+        if not grads:  # the probe saw no usable step: nothing to decide from
+            return [float(r) for r in current]
+        now = self._probed(grads)
         if self.anchor is None:
             self.anchor = now
             return [float(r) for r in current]
@@ -264,7 +274,7 @@ class DynamicLoraController(AllocationController):
         generator = torch.Generator().manual_seed(GROWTH_SEED + self.step)
         for (name, adapter), r in zip(self.adapters.items(), ranks):
             direct = None
-            if r > adapter.r and cfg.grow_init == "gradient":  # every process turns its rows by the same mean gradient
+            if r > adapter.r and cfg.grow_init == "gradient" and name in grads:  # every process turns its rows by the same mean gradient
                 grad, A = grads[name], adapter.lora_A
                 direct = lambda rows, grad=grad, A=A: informed_rows(grad, A, rows)  # noqa: E731
             if r != adapter.r:
