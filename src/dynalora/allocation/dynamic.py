@@ -23,7 +23,12 @@ import torch
 from dynalora.adapters.config import check
 from dynalora.allocation.config import DynamicLoraConfig
 from dynalora.allocation.controller_base import AllocationController, no_reduce
-from dynalora.allocation.grow_init import GradientProbe, informed_rows, mean_over_processes
+from dynalora.allocation.grow_init import (
+    GradientProbe,
+    as_on_first_process,
+    informed_rows,
+    mean_over_processes,
+)
 from dynalora.allocation.lr_scale import LearningRateScaler
 from dynalora.allocation.ranks import (
     adapter_parameters,
@@ -268,6 +273,8 @@ class DynamicLoraController(AllocationController):
             scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, caps,
                              cfg.budget_exact)
+        if cfg.rank_rule == "target":  # its ranks come from per-process SVDs: a near-tie must not split them
+            ranks = as_on_first_process(ranks)
         results: dict[str, ResizeResult] = {}
         # Fresh components come from a generator seeded by the step: the same in every process
         # and in a resumed run, and the training RNG stream is left alone.

@@ -99,6 +99,18 @@ def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def as_on_first_process(values: list[int]) -> list[int]:
+    """`values` as process 0 of an initialised torch.distributed group has them (a decision
+    taken from floating-point work, such as an SVD, that another device may round otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [list(values)]
+        dist.broadcast_object_list(box, src=0)
+        return [int(v) for v in box[0]]
+    return values
+
+
 def informed_rows(grad: torch.Tensor, A: torch.Tensor, random_rows: torch.Tensor) -> torch.Tensor:
     """`random_rows` (n x in) turned towards the top-n right singular vectors of `grad` (out x in,
     or a sketch of it) outside the row space of `A` (r x in), each keeping its norm; rows beyond
