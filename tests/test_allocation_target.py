@@ -9,7 +9,13 @@ from allocation_helpers import RankNeedToy, oracle_ranks, theory_loss, toy_train
 
 from dynalora import ConfigError
 from dynalora.allocation import DynamicLoraConfig
-from dynalora.allocation.target_rule import decode, direction_values, encode, greedy_ranks
+from dynalora.allocation.target_rule import (
+    decode,
+    direction_values,
+    encode,
+    greedy_ranks,
+    secant_curvature,
+)
 
 
 def low_rank(out, inp, r, seed):
@@ -26,13 +32,16 @@ def test_on_a_quadratic_layer_the_secant_finds_the_target_and_what_each_directio
     T = u @ v
     first, second = low_rank(12, 10, 2, 1), low_rank(12, 10, 2, 2)
     grads = [kappa * (left @ right - T) for left, right in (first, second)]
-    values = direction_values(grads[1], second, grads[0], first, cap=5)
+    kappa_seen = secant_curvature(grads[1], second, grads[0], first)
+    assert kappa_seen == pytest.approx(kappa, rel=1e-6)
+    values = direction_values(grads[1], second, kappa_seen, cap=5)
     tau = torch.linalg.svdvals(T.double())[:5]
     assert values == pytest.approx((kappa * tau.square() / 2).tolist(), rel=1e-6, abs=1e-6)
     assert values[3] == pytest.approx(0, abs=1e-6)  # T has rank 3: a 4th direction is worth nothing
     # no movement, or a curvature the gradients' noise made <= 0: no estimate (the layer keeps its rank)
-    assert direction_values(grads[1], second, grads[0], second, cap=5) is None
-    assert direction_values(grads[0], second, grads[1], first, cap=5) is None  # kappa -2.5
+    assert secant_curvature(grads[1], second, grads[0], second) is None
+    assert secant_curvature(grads[0], second, grads[1], first) is None  # kappa -2.5
+    assert direction_values(grads[1], second, None, cap=5) is None
 
 
 def test_greedy_ranks_take_the_most_valuable_directions_per_parameter():
@@ -63,6 +72,8 @@ def final_theory(r, **options):
     names = [f"layers.{i}" for i in range(len(NEEDS))]
     model, controller, _ = toy_training(RankNeedToy(NEEDS), DynamicLoraConfig(r=r, target_modules=names, **options), 300)
     assert controller.summary()["parameters"] <= controller.budget
+    if options.get("rank_rule") == "target":  # each reallocation records what it decided from
+        assert all(set(h["target"]["curvature"]) == set(names) for h in controller.history)
     return theory_loss([model.ranks()[n] for n in names], NEEDS)
 
 

@@ -46,6 +46,7 @@ from dynalora.allocation.target_rule import (
     direction_values,
     encode,
     greedy_ranks,
+    secant_curvature,
     sketched_factors,
 )
 
@@ -91,6 +92,7 @@ class DynamicLoraController(AllocationController):
         # processes (so every process holds the same, and a checkpoint by one process is everyone's)
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
+        self.target_seen: dict[str, Any] | None = None  # the target rule's last curvatures and values
         self._set_hooks_for(self.step + 1)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -202,8 +204,12 @@ class DynamicLoraController(AllocationController):
         if self.anchor is None:
             self.anchor = now
             return [float(r) for r in current]
-        values = [direction_values(*now[name], *self.anchor[name], cap) for name, cap in zip(self.names, caps)]
+        curvature = [secant_curvature(*now[name], *self.anchor[name]) for name in self.names]
+        values = [direction_values(*now[name], kappa, cap) for name, kappa, cap in zip(self.names, curvature, caps)]
         self.anchor = now
+        # for the allocation record: what the decision saw (None: no curvature, the layer kept its rank)
+        self.target_seen = {"curvature": dict(zip(self.names, curvature)),
+                            "top_values": {n: None if v is None else v[:4] for n, v in zip(self.names, values)}}
         return [float(r) for r in greedy_ranks(values, self.costs, self.budget, current, self.config.r_min, caps)]
 
     def _index(self, present: list[int]) -> torch.Tensor:
@@ -299,6 +305,8 @@ class DynamicLoraController(AllocationController):
             "budget": self.budget,
             "changed": {n: [res.old_r, res.new_r, res.dropped] for n, res in results.items()},
         }
+        if cfg.rank_rule == "target" and self.target_seen is not None:
+            record["target"], self.target_seen = self.target_seen, None
         self.history.append(record)
         return record
 

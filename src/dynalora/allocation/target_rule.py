@@ -43,20 +43,26 @@ def sketched_factors(adapter: LoraAdapter, sketch: torch.Tensor | None) -> tuple
         return B * (adapter.scaling * float(adapter.weight)), adapter.lora_A.detach().float().clone()
 
 
-def direction_values(grad: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor], prev_grad: torch.Tensor,
-                     prev_update: tuple[torch.Tensor, torch.Tensor], cap: int) -> list[float] | None:
-    """kappa tau_j^2 / 2 for the top `cap` singular values tau_j of the Newton point
-    T = Delta W - G / kappa, largest first; None when the secant gives no curvature.
-    `update` / `prev_update`: Delta W as (left, right) factors, now and at the previous probe."""
+def secant_curvature(grad: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor], prev_grad: torch.Tensor,
+                     prev_update: tuple[torch.Tensor, torch.Tensor]) -> float | None:
+    """kappa = <G2 - G1, W2 - W1> / ||W2 - W1||^2 between two probes (Delta W as (left, right)
+    factors), or None when it is undefined: the update did not move, or noise made it <= 0."""
     with torch.no_grad():
-        now, before = (update[0] @ update[1]).double(), (prev_update[0] @ prev_update[1]).double()
-        step = now - before
+        step = (update[0] @ update[1]).double() - (prev_update[0] @ prev_update[1]).double()
         moved = float(step.pow(2).sum())
         kappa = float(((grad - prev_grad).double() * step).sum()) / moved if moved > 0 else math.nan
-        if not math.isfinite(kappa) or kappa <= 0:
-            return None
-        tau = torch.linalg.svdvals(now - grad.double() / kappa)[:cap]
-        return (kappa * tau.square() / 2).tolist()
+    return kappa if math.isfinite(kappa) and kappa > 0 else None
+
+
+def direction_values(grad: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor], kappa: float | None,
+                     cap: int) -> list[float] | None:
+    """kappa tau_j^2 / 2 for the top `cap` singular values tau_j of the Newton point
+    T = Delta W - G / kappa, largest first; None without a curvature."""
+    if kappa is None:
+        return None
+    with torch.no_grad():
+        tau = torch.linalg.svdvals((update[0] @ update[1]).double() - grad.double() / kappa)[:cap]
+    return (kappa * tau.square() / 2).tolist()
 
 
 def encode(tensor: torch.Tensor) -> dict[str, Any]:
