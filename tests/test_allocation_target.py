@@ -60,9 +60,11 @@ def test_anchor_tensors_survive_json_bit_exactly():
     assert torch.equal(decode(json.loads(json.dumps(encode(t)))), t)
 
 
-def test_rank_rule_is_checked():
+def test_rank_rule_and_curvature_are_checked():
     with pytest.raises(ConfigError, match="rank_rule"):
         DynamicLoraConfig(r=4, rank_rule="oracle")
+    with pytest.raises(ConfigError, match="curvature"):
+        DynamicLoraConfig(r=4, rank_rule="target", curvature="mean")
 
 
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
@@ -74,6 +76,8 @@ def final_theory(r, **options):
     assert controller.summary()["parameters"] <= controller.budget
     if options.get("rank_rule") == "target":  # each reallocation records what it decided from
         assert all(set(h["target"]["curvature"]) == set(names) for h in controller.history)
+        if options.get("curvature") == "pooled":
+            assert all(len(set(h["target"]["curvature"].values())) == 1 for h in controller.history)
     return theory_loss([model.ranks()[n] for n in names], NEEDS)
 
 
@@ -89,6 +93,8 @@ def test_where_the_budget_is_tight_the_target_rule_allocates_near_the_best_and_t
     assert share(2, final_theory(2)) < 0  # the default rule: worse than not reallocating
     assert share(2, final_theory(2, rank_rule="target")) > 0.6
     assert share(4, final_theory(4, rank_rule="target")) > 0.85
+    # one curvature for every layer (the median): as good here, where every layer's is the same
+    assert share(2, final_theory(2, rank_rule="target", curvature="pooled")) > 0.6
 
 
 def test_the_target_rule_without_reallocations_and_a_probe_that_saw_no_step():

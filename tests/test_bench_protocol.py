@@ -316,7 +316,8 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     assert {(j.lr, j.settings["rank"], j.settings["alpha"]) for j in low} == {(3e-4, 2, 4.0)}
     assert {j.arm.method for j in low} == {"lora", "dynamic"} and len(low) == 18
     assert {j.arm.name: j.arm.paired_with for j in low} == {"lora-r2": None, "dynamic-r2": "lora-r2",
-                                                            "dynamic-r2-target": "lora-r2"}
+                                                            "dynamic-r2-target-pooled": "lora-r2"}
+    assert protocol.arm("dynamic-r2-target").paired_with == "lora-r2"  # no longer run, still reported
     assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
                  "--records", str(tmp_path / "runs.jsonl")]) == 0
     assert "6 runs left" in capsys.readouterr().out  # 2 arms x 3 lrs on the one grid task

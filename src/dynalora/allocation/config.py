@@ -72,7 +72,10 @@ class DynamicLoraConfig(LoraConfig):
         grow_init="gradient"'s) average the gradients of that many steps up to the probe
         step: one step's minibatch noise adds a floor to every direction's value (on the toy
         at batch 8 and r = 2: 0.47 of the best gain with one step, 0.64 with four;
-        docs/results/dynamic_v2/NOTES.md).
+        docs/results/dynamic_v2/NOTES.md). `curvature`: "layer" (each layer's own secant) or
+        "pooled" (the median over layers for all: on real gradients the per-layer secants
+        spanned 3 orders of magnitude and a small, noisy one inflates G / kappa; pooled halved
+        the rank reversals in a short CoLA run).
         `hysteresis`: a layer whose target differs from its rank by at most this much keeps
         its rank (the others share what is left of the budget): changes of one rank are
         noise, and each change costs an SVD reparametrisation or fresh components. None (the
@@ -121,6 +124,7 @@ class DynamicLoraConfig(LoraConfig):
     gamma: float = 1.0
     rank_rule: str = "weights"
     probe_steps: int = 4
+    curvature: str = "layer"
     r_min: int = 1
     r_max: int | None = None
     budget: int | None = None
@@ -150,6 +154,7 @@ class DynamicLoraConfig(LoraConfig):
         _check_choice(self, "weighting", ("softmax", "linear", "off"))
         _check_choice(self, "weight_mode", ("lr", "forward", "ranks"))
         _check_choice(self, "rank_rule", ("weights", "target"))
+        _check_choice(self, "curvature", ("layer", "pooled"))
         check(self.tau > 0, "tau", "must be > 0", self.tau)
         check(0 < self.w_min <= 1.0, "w_min", "must be in (0, 1] (weights have mean 1)", self.w_min)
         check(self.w_max >= 1.0, "w_max", "must be >= 1 (weights have mean 1)", self.w_max)

@@ -205,6 +205,10 @@ class DynamicLoraController(AllocationController):
             self.anchor = now
             return [float(r) for r in current]
         curvature = [secant_curvature(*now[name], *self.anchor[name]) for name in self.names]
+        if self.config.curvature == "pooled":  # one curvature for all: a noisy small kappa inflates G / kappa
+            defined = sorted(k for k in curvature if k is not None)
+            pooled = defined[len(defined) // 2] if defined else None
+            curvature = [pooled] * len(curvature)
         values = [direction_values(*now[name], kappa, cap) for name, kappa, cap in zip(self.names, curvature, caps)]
         self.anchor = now
         # for the allocation record: what the decision saw (None: no curvature, the layer kept its rank)
