@@ -118,4 +118,4 @@ def test_the_target_rule_without_reallocations_and_a_probe_that_saw_no_step():
     wrapped(torch.randn(8, 16)).backward()
     opt.step()
     controller.after_optimizer_step()
-    assert controller.anchor is None and controller.window_steps == 0
+    assert controller.target.anchor is None and controller.window_steps == 0

@@ -41,14 +41,7 @@ from dynalora.allocation.ranks import (
 from dynalora.allocation.resize import ResizeResult, resize_adapter
 from dynalora.allocation.scores import layer_gradient, layer_importance, layer_sensitivity
 from dynalora.allocation.stats import InputStatistics
-from dynalora.allocation.target_rule import (
-    decode,
-    direction_values,
-    encode,
-    greedy_ranks,
-    secant_curvature,
-    sketched_factors,
-)
+from dynalora.allocation.target_rule import Probe, TargetRule, decode, encode, sketched_factors
 
 GROWTH_SEED = 0x5EED  # fresh components at step t are drawn from a generator seeded GROWTH_SEED + t
 
@@ -86,13 +79,11 @@ class DynamicLoraController(AllocationController):
                                          cfg.stats_max_tokens)
         if (cfg.grow_init == "gradient" or cfg.rank_rule == "target") and cfg.reallocations:
             self.probe = GradientProbe({name: layers[name] for name in self.names})
-        # rank_rule="target": each layer's G and Delta W (as factors) at the last probe, for the secant
-        self.anchor: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self.target = TargetRule(self.names, cfg.curvature == "pooled") if cfg.rank_rule == "target" else None
         # the probe window so far: the sum of its steps' gradients, each already averaged over the
         # processes (so every process holds the same, and a checkpoint by one process is everyone's)
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
-        self.target_seen: dict[str, Any] | None = None  # the target rule's last curvatures and values
         self._set_hooks_for(self.step + 1)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -136,7 +127,7 @@ class DynamicLoraController(AllocationController):
             if self._reallocates_at(t):
                 record = self._reallocate()
             elif self._anchors_at(t) and self.window_steps:
-                self.anchor = self._probed(self._take_window())
+                self.target.anchor = self._probed(self._take_window())
         self._set_hooks_for(t + 1)
         return record
 
@@ -166,7 +157,7 @@ class DynamicLoraController(AllocationController):
     def _anchors_at(self, t: int) -> bool:
         """Whether step `t` is the target rule's first probe (the end of warm-up), which the
         first reallocation's secant starts from."""
-        return (self.probe is not None and self.config.rank_rule == "target" and t == max(self.schedule[0], 1)
+        return (self.probe is not None and self.target is not None and t == max(self.schedule[0], 1)
                 and not self._reallocates_at(t))
 
     def _mean_grads(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,32 +180,10 @@ class DynamicLoraController(AllocationController):
         self.window, self.window_steps = {}, 0
         return grads
 
-    def _probed(self, grads: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+    def _probed(self, grads: dict[str, torch.Tensor]) -> dict[str, Probe]:
         """(G, Delta W factors) per layer, sketched alike (the probe's sketch for wide layers)."""
         return {name: (grads[name].float(), sketched_factors(adapter, self.probe.sketches.get(name)))
                 for name, adapter in self.adapters.items()}
-
-    def _target_scores(self, grads: dict[str, torch.Tensor], caps: list[int]) -> list[float]:
-        """rank_rule="target": ranks that take the most valuable directions (target_rule.py);
-        the current ranks before a first secant exists."""
-        current = [a.r for a in self.adapters.values()]
-        if not grads:  # the probe saw no usable step: nothing to decide from
-            return [float(r) for r in current]
-        now = self._probed(grads)
-        if self.anchor is None:
-            self.anchor = now
-            return [float(r) for r in current]
-        curvature = [secant_curvature(*now[name], *self.anchor[name]) for name in self.names]
-        if self.config.curvature == "pooled":  # one curvature for all: a noisy small kappa inflates G / kappa
-            defined = sorted(k for k in curvature if k is not None)
-            pooled = defined[len(defined) // 2] if defined else None
-            curvature = [pooled] * len(curvature)
-        values = [direction_values(*now[name], kappa, cap) for name, kappa, cap in zip(self.names, curvature, caps)]
-        self.anchor = now
-        # for the allocation record: what the decision saw (None: no curvature, the layer kept its rank)
-        self.target_seen = {"curvature": dict(zip(self.names, curvature)),
-                            "top_values": {n: None if v is None else v[:4] for n, v in zip(self.names, values)}}
-        return [float(r) for r in greedy_ranks(values, self.costs, self.budget, current, self.config.r_min, caps)]
 
     def _index(self, present: list[int]) -> torch.Tensor:
         key = tuple(present)
@@ -277,8 +246,9 @@ class DynamicLoraController(AllocationController):
         current = [a.r for a in self.adapters.values()]
         caps = [min(cfg.r_max, a.in_features, a.out_features) for a in self.adapters.values()]
         grads = self._take_window() if self.probe is not None else {}
-        if cfg.rank_rule == "target":
-            scores = self._target_scores(grads, caps)
+        if self.target is not None:  # without a usable probe window: nothing to decide from
+            scores = [float(r) for r in (self.target.ranks(self._probed(grads), current, self.costs, self.budget,
+                                                           cfg.r_min, caps) if grads else current)]
         else:
             scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, caps,
@@ -309,8 +279,8 @@ class DynamicLoraController(AllocationController):
             "budget": self.budget,
             "changed": {n: [res.old_r, res.new_r, res.dropped] for n, res in results.items()},
         }
-        if cfg.rank_rule == "target" and self.target_seen is not None:
-            record["target"], self.target_seen = self.target_seen, None
+        if self.target is not None and self.target.seen is not None:
+            record["target"], self.target.seen = self.target.seen, None
         self.history.append(record)
         return record
 
@@ -328,8 +298,7 @@ class DynamicLoraController(AllocationController):
             "stats": None if self.stats is None else self.stats.state_dict(),
             "budget": self.budget,
             "initial_ranks": self.initial_ranks,
-            "anchor": None if self.anchor is None else {k: [encode(g), encode(left), encode(right)]
-                                                        for k, (g, (left, right)) in self.anchor.items()},
+            "anchor": None if self.target is None else self.target.state_dict(),
             # gradients summed so far in a probe's window (a checkpoint inside one)
             "probe": None if not self.window_steps else {
                 "steps": self.window_steps, "grads": {k: encode(g) for k, g in self.window.items()}},
@@ -346,9 +315,8 @@ class DynamicLoraController(AllocationController):
             self._write_weights()
         self.budget = int(state["budget"])
         self.initial_ranks = dict(state.get("initial_ranks") or self.initial_ranks)
-        anchor = state.get("anchor")
-        self.anchor = None if anchor is None else {
-            k: (decode(g, device), (decode(left, device), decode(right, device))) for k, (g, left, right) in anchor.items()}
+        if self.target is not None:
+            self.target.load_state_dict(state.get("anchor"), device)
         if self.stats is not None and state.get("stats") is not None:
             self.stats.detach()
             self.stats.load_state_dict(state["stats"])

@@ -90,3 +90,46 @@ def greedy_ranks(values: Sequence[Sequence[float] | None], costs: Sequence[int],
             ranks[i] += 1
             left -= costs[i]
     return ranks
+
+
+Probe = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # (G, Delta W as (left, right) factors)
+
+
+class TargetRule:
+    """The rule's memory between probes: each layer's (G, Delta W) at the last probe (the
+    anchor the next secant starts from), and what the last decision saw (for the record)."""
+
+    def __init__(self, names: Sequence[str], pooled: bool = False) -> None:
+        self.names = list(names)
+        self.pooled = pooled  # curvature="pooled": the median secant for every layer
+        self.anchor: dict[str, Probe] | None = None
+        self.seen: dict[str, Any] | None = None
+
+    def ranks(self, now: dict[str, Probe], current: Sequence[int], costs: Sequence[int], budget: int, r_min: int,
+              caps: Sequence[int]) -> list[int]:
+        """The ranks from the secant between the anchor and `now` (which becomes the anchor);
+        `current` before a first secant exists."""
+        if self.anchor is None:
+            self.anchor = now
+            return [int(r) for r in current]
+        curvature = [secant_curvature(*now[name], *self.anchor[name]) for name in self.names]
+        if self.pooled:  # a small, noisy kappa inflates G / kappa: one curvature for all
+            defined = sorted(k for k in curvature if k is not None)
+            curvature = [defined[len(defined) // 2] if defined else None] * len(curvature)
+        values = [direction_values(*now[name], kappa, cap) for name, kappa, cap in zip(self.names, curvature, caps)]
+        self.anchor = now
+        # what the decision saw (None: no curvature, the layer kept its rank)
+        self.seen = {"curvature": dict(zip(self.names, curvature)),
+                     "top_values": {n: None if v is None else v[:4] for n, v in zip(self.names, values)}}
+        return greedy_ranks(values, costs, budget, current, r_min, caps)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The anchor as JSON-able data (bit-exact), None before the first probe."""
+        if self.anchor is None:
+            return None
+        return {k: [encode(g), encode(left), encode(right)] for k, (g, (left, right)) in self.anchor.items()}
+
+    def load_state_dict(self, state: dict[str, Any] | None, device: torch.device | str = "cpu") -> None:
+        self.anchor = None if state is None else {
+            k: (decode(g, device), (decode(left, device), decode(right, device))) for k, (g, left, right) in state.items()}
+
