@@ -9,8 +9,9 @@ Per `after_optimizer_step(t)` (schedule from `DynamicLoraConfig.resolve_schedule
   through `LearningRateScaler`) or in the forward (`"forward"`, the paper's);
 * t = t_warmup + k delta_t <= t_final: reallocate: rank scores from weights (and input
   variance when beta > 0), or with rank_rule="target" from what each layer's directions are
-  worth (target_rule.py; its first gradient probe is at t_warmup), projected onto the parameter budget with hysteresis, adapters
-  grown or shrunk with the optimizer kept consistent, a record appended to `history`.
+  worth (target_rule.py; its first gradient probe is at t_warmup), projected onto the
+  parameter budget with hysteresis, adapters grown or shrunk with the optimizer kept
+  consistent, a record appended to `history`.
 After t_final nothing moves.
 """
 
@@ -140,7 +141,7 @@ class DynamicLoraController(AllocationController):
         end = self._probe_ends_at(t) if self.probe is not None and self._schedule is not None else None
         if end is not None:
             # the same sketches over a window; the target rule also compares two probes' sketches
-            self.probe.attach(seed=GROWTH_SEED if self.config.rank_rule == "target" else GROWTH_SEED + end)
+            self.probe.attach(seed=GROWTH_SEED if self.target is not None else GROWTH_SEED + end)
 
     def _probe_ends_at(self, t: int) -> int | None:
         """The probe step (a reallocation, or the target rule's anchor) whose gradient step `t`
@@ -253,7 +254,7 @@ class DynamicLoraController(AllocationController):
             scores = rank_scores(cfg.r, variance, weights, cfg.beta, cfg.gamma)
         ranks = settle_ranks(scores, self.costs, self.budget, current, cfg.hysteresis, cfg.r_min, caps,
                              cfg.budget_exact)
-        if cfg.rank_rule == "target":  # its ranks come from per-process SVDs: a near-tie must not split them
+        if self.target is not None:  # its ranks come from per-process SVDs: a near-tie must not split them
             ranks = as_on_first_process(ranks)
         results: dict[str, ResizeResult] = {}
         # Fresh components come from a generator seeded by the step: the same in every process
