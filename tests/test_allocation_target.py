@@ -65,6 +65,23 @@ def test_rank_rule_and_curvature_are_checked():
         DynamicLoraConfig(r=4, rank_rule="oracle")
     with pytest.raises(ConfigError, match="curvature"):
         DynamicLoraConfig(r=4, rank_rule="target", curvature="mean")
+    with pytest.raises(ConfigError, match="probe_steps"):
+        DynamicLoraConfig(r=4, rank_rule="target", probe_steps=0)
+
+
+def test_r_min_above_what_a_narrow_layer_can_hold_is_refused_when_the_controller_is_built():
+    """A 16 -> 2 layer holds rank 2 at most: r_min = 3 could never be met there, and the
+    reallocation would fail half-way through training; the controller says so at the start."""
+    from torch import nn
+
+    from dynalora import get_lora_model
+    from dynalora.allocation import AllocationController
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 2))
+    wrapped = get_lora_model(model, DynamicLoraConfig(r=4, r_min=3, target_modules=["0", "1"],
+                                                      rank_pattern={"^1$": 2}))
+    with pytest.raises(ConfigError, match="r_min.*narrowest adapted layer can hold \\(2\\)"):
+        AllocationController(wrapped, total_steps=20)
 
 
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
@@ -119,3 +136,20 @@ def test_the_target_rule_without_reallocations_and_a_probe_that_saw_no_step():
     opt.step()
     controller.after_optimizer_step()
     assert controller.target.anchor is None and controller.window_steps == 0
+
+
+def test_an_overflowed_step_is_left_out_of_the_probe_window():
+    """A step whose gradients are not finite (fp16, skipped by the loss scaler) would make the
+    window's mean, and so every value of the next decision, NaN: it is left out."""
+    names = [f"layers.{i}" for i in range(3)]
+    # the anchor is step 10, so its window is steps 7-10; the first 7 steps run normally
+    model, controller, opt = toy_training(RankNeedToy([1, 2, 4]), DynamicLoraConfig(
+        r=2, target_modules=names, rank_rule="target", t_warmup=10, t_final=30, delta_t=10), 7)
+    assert controller.window_steps == 1
+    real_take = controller.probe.take
+    controller.probe.take = lambda: {k: g * float("inf") for k, g in real_take().items()}  # step 8 overflows
+    model(torch.randn(8, 16)).backward()
+    opt.step()
+    controller.after_optimizer_step()
+    assert controller.window_steps == 1  # step 8 left out
+    assert all(bool(torch.isfinite(g).all()) for g in controller.window.values())
