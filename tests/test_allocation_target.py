@@ -80,7 +80,7 @@ def test_r_min_above_what_a_narrow_layer_can_hold_is_refused_when_the_controller
     model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 2))
     wrapped = get_lora_model(model, DynamicLoraConfig(r=4, r_min=3, target_modules=["0", "1"],
                                                       rank_pattern={"^1$": 2}))
-    with pytest.raises(ConfigError, match="r_min.*narrowest adapted layer can hold \\(2\\)"):
+    with pytest.raises(ConfigError, match=r"r_min.*narrowest adapted layer can hold \(2\)"):
         AllocationController(wrapped, total_steps=20)
 
 
