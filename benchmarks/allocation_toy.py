@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="uniform and oracle are always run (the shares need them)")
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
+    if not all(1 <= r <= D // 2 for r in args.ranks):  # rank1 starts at 2 r, at most the layers' size
+        parser.error(f"--ranks must lie in 1..{D // 2} (rank1 starts at 2 r in {D} x {D} layers), got {args.ranks}")
     torch.set_num_threads(1)
     arms = ["uniform", *[a for a in args.arms if a not in ("uniform", "oracle")], "oracle"]
     load = load_average()
