@@ -60,6 +60,7 @@ from dynalora.files import write_json  # noqa: E402
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
 D = 16
 ARMS = ["uniform", "v2", "v2-ranks", "target", "paper", "rank1", "oracle"]
+EXTRA_ARMS = ["target-1step"]
 PAPER = {"importance": "magnitude", "weight_mode": "forward", "w_min": 0.25, "w_max": 4.0, "tau": 1.0,
          "beta": 1.0, "gamma": 0.0, "reallocations": 12, "hysteresis": 0, "grow_state": "zero"}
 
@@ -91,6 +92,11 @@ def run(arm: str, r: int, seed: int, steps: int, batch: int) -> dict:
             "reversals_per_layer": summary.get("reversals", {}).get("mean_per_layer")}
 
 
+def _median_or_dash(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.2f}" if known else "–"
+
+
 def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
     rows = []
     def median(r: int, arm: str, key: str) -> float:
@@ -106,6 +112,7 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
                 "r": r, "arm": arm, "seeds": len(mine), "loss (median)": f"{loss:.4f}", "theory at its ranks": f"{theory:.4f}",
                 "share of oracle gain (theory)": f"{(base_t - theory) / (base_t - best_t):.2f}" if base_t > best_t else "–",
                 "share of oracle gain (trained)": f"{(base - loss) / (base - best):.2f}" if base - best > 1e-3 else "–",
+                "rank reversals per layer": _median_or_dash([x["reversals_per_layer"] for x in mine]),
                 "final ranks (seed " + str(mine[0]["seed"]) + ")": " ".join(map(str, mine[0]["ranks"])),
             })
     return rows
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64, help="rows per step (fewer: noisier gradients)")
-    parser.add_argument("--arms", nargs="+", default=ARMS, choices=[*ARMS, "target-1step"],
+    parser.add_argument("--arms", nargs="+", default=ARMS, choices=[*ARMS, *EXTRA_ARMS],
                         help="uniform and oracle are always run (the shares need them)")
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
