@@ -553,3 +553,18 @@ def test_low_rank_arms_are_also_paired_with_their_own_baseline(tmp_path):
     row = (tmp_path / "report" / "paired_own.csv").read_text().splitlines()[1]
     expected = paired([100 * (b - a) for a, b in zip(low, dyn)])
     assert row.startswith(f"lora-r2,dynamic-r2,cola,3,{expected.mean:+.2f},")
+
+
+def test_the_budget_table_shows_each_task_so_a_pooled_mean_hides_no_task(tmp_path):
+    """An arm 10% over LoRA's budget on one task and 10% under on another averages to 1.0;
+    the per-task column must show both."""
+    recs = [hand_record(task, "lora", s, 0.8) for task in ("mrpc", "rte") for s in range(2)]
+    for task, ratio in (("mrpc", 1.1), ("rte", 0.9)):
+        for s in range(2):
+            recs.append({**hand_record(task, "peft-adalora", s, 0.8), "budget_vs_lora": ratio})
+    path = tmp_path / "runs.jsonl"
+    for r in recs:
+        append_record(path, r)
+    write_report(path, tmp_path / "report")
+    adalora = next(line for line in (tmp_path / "report" / "budget.md").read_text().splitlines() if "| peft-adalora |" in line)
+    assert "1.000 (0.900-1.100)" in adalora and "mrpc 1.100, rte 0.900" in adalora

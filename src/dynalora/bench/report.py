@@ -268,8 +268,16 @@ def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, A
         rows.append({"arm": arm, "trainable params (median)": int(statistics.median(r["trainable_params"] for r in mine)),
                      "final adapter params (mean)": f"{statistics.fmean(adapters):.0f}" if adapters else "–",
                      "vs uniform LoRA (mean, min-max)": f"{statistics.fmean(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
-                     if ratios else "–"})
+                     if ratios else "–",
+                     # a pooled mean can hide a task where the arm ends under or over budget
+                     "vs uniform LoRA by task (mean)": _by_task(mine)})
     return rows
+
+
+def _by_task(runs: list[dict[str, Any]]) -> str:
+    tasks = sorted({r["task"] for r in runs if r.get("budget_vs_lora") is not None})
+    return ", ".join(f"{t} {statistics.fmean(r['budget_vs_lora'] for r in runs if r['task'] == t and r.get('budget_vs_lora') is not None):.3f}"
+                     for t in tasks) or "–"
 
 
 def allocation_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -356,7 +364,8 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
                              "its last evaluation may have stopped too soon; `stopped early`: patience ran out "
                              "before the epoch cap"))
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
-                                                       "vs uniform LoRA (mean, min-max)"], output / "budget",
+                                                       "vs uniform LoRA (mean, min-max)", "vs uniform LoRA by task (mean)"],
+                             output / "budget",
                              title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
     allocation, kinds = allocation_rows(runs)
     if allocation:
