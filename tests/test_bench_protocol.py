@@ -303,7 +303,7 @@ def test_report_is_rebuilt_from_the_records_alone(tmp_path):
 def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     protocol = paper_protocol()
     assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "ablation-extra", "3", "sst2",
-                                                   "low-rank"]
+                                                   "low-rank", "low-rank-wide"]
     # the three mechanisms (weights, input statistic, reallocation) come first
     assert protocol.tier("ablation").arms == ("dynamic", "dynamic:lora-lr", "dynamic:no-lr-weights",
                                               "dynamic:no-reallocation", "dynamic:input-statistic")
@@ -318,6 +318,11 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     assert {j.arm.name: j.arm.paired_with for j in low} == {"lora-r2": None, "dynamic-r2": "lora-r2",
                                                             "dynamic-r2-target-pooled": "lora-r2"}
     assert protocol.arm("dynamic-r2-target").paired_with == "lora-r2"  # no longer run, still reported
+    # the wide tier plans the low-rank tier's finished runs again (same keys: skipped) and 28 more
+    wide = seed_jobs(protocol, protocol.tier("low-rank-wide"), {"lora": 3e-4, "dynamic": 1e-3})
+    low_keys = {run_key(j.key_record()) for j in low}
+    assert len(wide) == 40 and sum(run_key(j.key_record()) not in low_keys for j in wide) == 28
+    assert [j.seed for j in wide] == sorted(j.seed for j in wide)  # seeds outermost: 0-2 come first
     assert main(["bench", "--profile", "paper", "--plan", "--tier", "0", "--methods", "lora", "peft-adalora",
                  "--records", str(tmp_path / "runs.jsonl")]) == 0
     assert "6 runs left" in capsys.readouterr().out  # 2 arms x 3 lrs on the one grid task

@@ -17,7 +17,8 @@ benchmarks/paper_ablation.yaml at dynamic's lr or, where a variant says `lr_from
 go beyond removing one mechanism), 3 (the paper's
 baselines: own grid, 3 seeds), sst2 (the main arms on a fixed 8,000-example SST-2 subset),
 low-rank (exploratory, added after tier 1's first seeds: LoRA and dynamic LoRA, the latter also
-with rank_rule="target", at a quarter of the budget, r=2, on CoLA and STS-B, 3 seeds; see LOW_RANK).
+with rank_rule="target", at a quarter of the budget, r=2, on CoLA and STS-B, 3 seeds; see LOW_RANK),
+low-rank-wide (its LoRA and dynamic LoRA arms on the four tier-1 tasks, 5 seeds).
 
 Budget, the same for every run: at most MAX_EPOCHS epochs, evaluated on the selection split
 after each, stopped after PATIENCE evaluations without a better GLUE score, with no best
@@ -177,6 +178,10 @@ MAIN_ARMS = ("lora", "dynamic", "peft-adalora")
 # a short diagnostic run, and equal or better on the toy), chosen from allocation behaviour, not
 # from any score; the arm stays defined so its two records are still paired in the report.
 LOW_RANK_ARMS = ("lora-r2", "dynamic-r2", "dynamic-r2-target-pooled")
+# low-rank-wide, added on 2026-11-29 at 15:40 UTC before any of its new runs: with 3 seeds on two
+# tasks dynamic-r2 - lora-r2 was +1.2 (95% CI -1.0 to +3.4), the only budget where the reallocation
+# may pay; the same two arms on tier 1's four tasks and 5 seeds give it tier 1's resolution.
+LOW_RANK_WIDE_ARMS = ("lora-r2", "dynamic-r2")
 BASELINE_ARMS = ("full", "head", "adapter", "bitfit")
 # A variant's `tier`: "ablation" (one mechanism of the issue's list removed: weights, input
 # statistic, reallocation) or "ablation-extra" (other options worth a look), run after the
@@ -224,6 +229,8 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
         Tier("3", BASELINE_ARMS, grid_tasks=GRID_TASKS, tasks=MAIN_TASKS, seeds=(0, 1, 2)),
         Tier("sst2", MAIN_ARMS, tasks=("sst2",), seeds=(0, 1, 2), settings={"max_train_samples": SST2_SUBSET}),
         Tier("low-rank", LOW_RANK_ARMS, tasks=("cola", "stsb"), seeds=(0, 1, 2)),
+        # its two main arms on all four tasks and 5 seeds (the low-rank runs above count here too)
+        Tier("low-rank-wide", LOW_RANK_WIDE_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),
     )
     shared = {"epochs": MAX_EPOCHS, "min_epochs": MIN_EPOCHS, "early_stopping_patience": PATIENCE,
               "selection": "split", "batch_size": 32, "rank": 8, "alpha": 16.0, "max_length": 128,
