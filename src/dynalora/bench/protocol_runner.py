@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import Job, Protocol, choose_lrs, expected_grids, grid_jobs, seed_jobs
 from dynalora.bench.records import append_record, lr_text, read_records, run_key
 from dynalora.files import read_json, write_json
@@ -63,21 +64,44 @@ def estimate_s(job: Job, records: list[dict[str, Any]]) -> float:
     return sum(values) / len(values) if values else DEFAULT_RUN_S.get(job.task, 2400.0)
 
 
+def tier_progress(protocol: Protocol, tiers: list[str], recorded: list[dict[str, Any]], chosen: dict[str, float],
+                  arms: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per tier: the runs it plans (a tier may plan a run another tier has recorded), how many
+    are left, how many of those wait for an lr grid, and their estimated single-worker time."""
+    rows = []
+    for name in tiers:
+        tier = protocol.tier(name)
+        jobs = [j for j in grid_jobs(protocol, tier, recorded) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
+        left = pending(jobs, recorded)
+        rows.append({"tier": name, "planned": len(jobs), "left": len(left),
+                     "waiting for an lr": sum(j.lr is None for j in left),
+                     "hours left": sum(estimate_s(j, recorded) for j in left) / 3600})
+    return rows
+
+
+def progress_table(protocol: Protocol, records: list[dict[str, Any]], chosen: dict[str, float], output: Path) -> str:
+    """How far each tier is, as a table in `output`/progress.{md,csv} (a run two tiers plan counts in both)."""
+    rows = tier_progress(protocol, [t.name for t in protocol.tiers], records, chosen)
+    for row in rows:
+        row["hours left"] = f"{row['hours left']:.1f}"
+    return write_table(rows, list(rows[0]), output / "progress",
+                       title=f"Progress of the {protocol.name} protocol: runs each tier plans and has left "
+                             "(hours: one worker, from the recorded run times)")
+
+
 def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: int,
                   arms: list[str] | None = None) -> tuple[int, float, str]:
     """(runs left, estimated seconds, a readable summary) for the chosen tiers."""
     recorded = read_records(records)
     chosen = refresh_lr_choice(protocol, records, recorded)
-    lines, total, seconds = [], 0, 0.0
-    for name in tiers:
-        tier = protocol.tier(name)
-        jobs = [j for j in grid_jobs(protocol, tier, recorded) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
-        left = pending(jobs, recorded)
-        cost = sum(estimate_s(j, recorded) for j in left)
-        undecided = sum(j.lr is None for j in left)
-        note = f" ({undecided} wait for their arm's lr grid)" if undecided else ""
-        lines.append(f"tier {name}: {len(left)} of {len(jobs)} runs left{note}, ~{cost / 3600:.1f} h of run time")
-        total, seconds = total + len(left), seconds + cost
+    rows = tier_progress(protocol, tiers, recorded, chosen, arms)
+    lines = []
+    for row in rows:
+        waiting = row["waiting for an lr"]
+        note = f" ({waiting} wait for their arm's lr grid)" if waiting else ""
+        lines.append(f"tier {row['tier']}: {row['left']} of {row['planned']} runs left{note}, "
+                     f"~{row['hours left']:.1f} h of run time")
+    total, seconds = sum(r["left"] for r in rows), 3600 * sum(r["hours left"] for r in rows)
     basis = f"from {len(recorded)} recorded runs" if recorded else "no runs recorded yet: default guesses"
     lines.append(f"{total} runs left; about {seconds / workers / 3600:.1f} h with {workers} worker(s) ({basis})")
     return total, seconds / workers, "\n".join(lines)

@@ -29,6 +29,7 @@ from dynalora.bench.protocol import (
     grid_scores,
     paper_protocol,
 )
+from dynalora.bench.protocol_runner import progress_table
 from dynalora.bench.records import lr_text, read_records, settings_only
 from dynalora.bench.report_plots import dot_plot, paired_plot
 from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
@@ -385,6 +386,7 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
         parts.append(write_table(conflicts, ["arm", "field", "values"], output / "config_conflicts",
                                  title="Warning: an arm's runs were trained under different method settings "
                                        "(a default changed between records); its figures mix them"))
+    parts.append(progress_table(paper_protocol(), records, {arm: float(c["lr"]) for arm, c in chosen.items()}, output))
     if runs:  # nothing to plot while every grid is incomplete
         dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
                  output / "dots.png")
