@@ -1,7 +1,7 @@
 """How much of the best possible allocation gain dynamic LoRA captures, on a toy with a known answer.
 
     .venv/bin/python benchmarks/allocation_toy.py [--ranks 2 4 8] [--seeds 0 1 2] [--steps 300]
-        [--batch 64] [--arms uniform v2 ...] [--output STEM]
+        [--batch 64] [--arms uniform v2 ...] [--widths square|mixed] [--output STEM]
 
 Twelve layers (16 x 16) must each learn a target update of known rank (their "needs",
 1 to 16 directions, each target of Frobenius norm 2 spread evenly over its directions;
@@ -19,6 +19,7 @@ Arms, all at the budget of uniform LoRA at rank r:
   target      the defaults with rank_rule="target": ranks from the value of each direction of
               the layer's Newton target (secant curvature between gradient probes);
   target-1step  the same with each probe from one step's gradient (probe_steps=1);
+  target-pooled  the same with one curvature for all layers (curvature="pooled");
   paper       the paper-literal rule: element-mean importance, weights in the forward,
               clamps [0.25, 4], tau 1, beta 1, gamma 0, 12 reallocations, no hysteresis, fresh
               components with zeroed Adam state. Every layer reads the same input here, so the
@@ -33,6 +34,13 @@ Per arm: the trained loss on fresh inputs, the best loss reachable at its final 
 (uniform - oracle), from the theory losses (training noise apart) and from the trained ones.
 r = 2 is a tight budget (24 directions for needs that sum to 61), r = 4 a binding one, r = 8
 a loose one (96 directions; only the layers that need 12 and 16 lack any).
+
+--widths mixed gives every second layer 128 outputs instead of 16 (16 x 128: a rank costs 144
+parameters there against 32, and the gradient probe keeps a 96-row sketch of it, as it does for
+MiniLM's layers). A direction is worth the same in either width, so the best allocation now
+weighs value against cost (found exactly by dynamic programming), and the budget is uniform
+LoRA's in parameters. The question it asks: do the rank rules treat wide and narrow layers,
+sketched and not, on the same footing?
 
 Writes benchmarks/results/allocation_toy.{json,md,csv}.
 """
@@ -59,28 +67,32 @@ from dynalora.files import write_json  # noqa: E402
 
 NEEDS = [1, 1, 1, 2, 2, 2, 4, 4, 8, 8, 12, 16]
 D = 16
+WIDTHS = {"square": [D] * len(NEEDS), "mixed": [D, 128] * (len(NEEDS) // 2)}
+SHAPES = {"square": "16 x 16", "mixed": "16 x 16 and 128 x 16 alternating"}
 ARMS = ["uniform", "v2", "v2-ranks", "target", "paper", "rank1", "oracle"]
-EXTRA_ARMS = ["target-1step"]
+EXTRA_ARMS = ["target-1step", "target-pooled"]
 PAPER = {"importance": "magnitude", "weight_mode": "forward", "w_min": 0.25, "w_max": 4.0, "tau": 1.0,
          "beta": 1.0, "gamma": 0.0, "reallocations": 12, "hysteresis": 0, "grow_state": "zero"}
 
 
-def arm_config(arm: str, r: int, names: list[str]) -> DynamicLoraConfig | Rank1LoraConfig:
+def arm_config(arm: str, r: int, names: list[str], outs: list[int]) -> DynamicLoraConfig | Rank1LoraConfig:
     if arm == "uniform":
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off")
     if arm == "oracle":
-        pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r, NEEDS))}
+        pattern = {f"^{name}$": k for name, k in zip(names, oracle_ranks(r, NEEDS, outs=outs))}
         return DynamicLoraConfig(r=r, target_modules=names, reallocations=0, weighting="off", rank_pattern=pattern)
     if arm == "rank1":
         return Rank1LoraConfig(r=2 * r, target_modules=names)
     options = {"v2": {}, "v2-ranks": {"weight_mode": "ranks"}, "target": {"rank_rule": "target"},
-               "target-1step": {"rank_rule": "target", "probe_steps": 1}, "paper": PAPER}[arm]
+               "target-1step": {"rank_rule": "target", "probe_steps": 1},
+               "target-pooled": {"rank_rule": "target", "curvature": "pooled"}, "paper": PAPER}[arm]
     return DynamicLoraConfig(r=r, target_modules=names, **options)
 
 
-def run(arm: str, r: int, seed: int, steps: int, batch: int) -> dict:
+def run(arm: str, r: int, seed: int, steps: int, batch: int, outs: list[int]) -> dict:
     names = [f"layers.{i}" for i in range(len(NEEDS))]
-    model, controller, _ = toy_training(RankNeedToy(NEEDS, d=D, seed=seed), arm_config(arm, r, names), steps, seed=seed,
+    model, controller, _ = toy_training(RankNeedToy(NEEDS, d=D, seed=seed, outs=outs), arm_config(arm, r, names, outs),
+                                        steps, seed=seed,
                                         batch=batch)
     x = torch.randn(4096, D, generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
@@ -88,7 +100,7 @@ def run(arm: str, r: int, seed: int, steps: int, batch: int) -> dict:
     ranks = [model.ranks()[name] for name in names]
     summary = controller.summary() if hasattr(controller, "summary") else {}
     return {"arm": arm, "r": r, "seed": seed, "loss": loss, "theory": theory_loss(ranks, NEEDS), "ranks": ranks,
-            "parameters": sum(ranks) * 2 * D, "budget": len(NEEDS) * r * 2 * D,
+            "parameters": sum(k * (D + out) for k, out in zip(ranks, outs)), "budget": r * sum(D + out for out in outs),
             "reversals_per_layer": summary.get("reversals", {}).get("mean_per_layer")}
 
 
@@ -97,14 +109,14 @@ def _median_or_dash(values: list[float | None]) -> str:
     return f"{statistics.median(known):.2f}" if known else "–"
 
 
-def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
+def summarise(runs: list[dict], arms: list[str], outs: list[int]) -> list[dict]:
     rows = []
     def median(r: int, arm: str, key: str) -> float:
         return statistics.median(x[key] for x in runs if x["r"] == r and x["arm"] == arm)
 
     for r in sorted({x["r"] for x in runs}):
         base, best = median(r, "uniform", "loss"), median(r, "oracle", "loss")
-        base_t, best_t = theory_loss([r] * len(NEEDS), NEEDS), theory_loss(oracle_ranks(r, NEEDS), NEEDS)
+        base_t, best_t = theory_loss([r] * len(NEEDS), NEEDS), theory_loss(oracle_ranks(r, NEEDS, outs=outs), NEEDS)
         for arm in arms:
             loss, theory = median(r, arm, "loss"), median(r, arm, "theory")
             mine = [x for x in runs if x["r"] == r and x["arm"] == arm]
@@ -126,8 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64, help="rows per step (fewer: noisier gradients)")
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=[*ARMS, *EXTRA_ARMS],
                         help="uniform and oracle are always run (the shares need them)")
+    parser.add_argument("--widths", choices=sorted(WIDTHS), default="square",
+                        help="square: 12 layers of 16 x 16; mixed: every second layer 16 x 128 (outputs x inputs: 128 x 16)")
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
     args = parser.parse_args(argv)
+    outs = WIDTHS[args.widths]
     if not all(1 <= r <= D // 2 for r in args.ranks):  # rank1 starts at 2 r, at most the layers' size
         parser.error(f"--ranks must lie in 1..{D // 2} (rank1 starts at 2 r in {D} x {D} layers), got {args.ranks}")
     torch.set_num_threads(1)
@@ -137,15 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     for r in args.ranks:
         for seed in args.seeds:
             for arm in arms:
-                runs.append(run(arm, r, seed, args.steps, args.batch))
+                runs.append(run(arm, r, seed, args.steps, args.batch, outs))
                 print(f"r={r} seed {seed} {arm}: loss {runs[-1]['loss']:.4f}, theory {runs[-1]['theory']:.4f}",
                       flush=True)
-    rows = summarise(runs, arms)
+    rows = summarise(runs, arms, outs)
     text = write_table(rows, list(rows[0]), Path(args.output),
-                       title=f"Allocation on a toy with known needs {NEEDS} (12 layers, 16 x 16), "
+                       title=f"Allocation on a toy with known needs {NEEDS} (12 layers, {SHAPES[args.widths]}), "
                              f"{args.steps} steps of {args.batch} rows, medians over seeds {args.seeds}")
     write_json(Path(args.output + ".json"), {**result_header("allocation_toy.py", argv, args, load),
-                                             "needs": NEEDS, "rows": rows, "runs": runs})
+                                             "needs": NEEDS, "outs": outs, "rows": rows, "runs": runs})
     print(text)
 
 

@@ -106,22 +106,26 @@ class RankNeedToy(nn.Module):
     """Layers whose ideal updates need different numbers of directions: layer i must learn a
     target Delta W of rank `ranks[i]` (all of Frobenius norm 2, spread evenly over their
     directions), on top of its frozen base. At a rank below a layer's need, the loss keeps
-    the energy of the directions it cannot fit: (norm^2 / need) per missing direction / d."""
+    the energy of the directions it cannot fit: (norm^2 / need) per missing direction / d.
+    `outs`: each layer's output width (default d): the loss sums over outputs and divides by
+    d, so a direction is worth the same in a wide layer as in a narrow one, and costs more."""
 
-    def __init__(self, ranks: list[int], d: int = 16, seed: int = 0) -> None:
+    def __init__(self, ranks: list[int], d: int = 16, seed: int = 0, outs: list[int] | None = None) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in ranks)
+        self.d = d
+        outs = outs or [d] * len(ranks)
+        self.layers = nn.ModuleList(nn.Linear(d, out) for out in outs)
         self.targets = []
-        for k in ranks:
-            u = torch.linalg.qr(torch.randn(d, d))[0][:, :k]
+        for k, out in zip(ranks, outs):
+            u = torch.linalg.qr(torch.randn(out, out))[0][:, :k]
             v = torch.linalg.qr(torch.randn(d, d))[0][:, :k]
             self.targets.append(2.0 * (u @ v.T) / (u @ v.T).norm())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # what each layer adds to its frozen base output must match its target update
         return sum((((layer(x) - nn.functional.linear(x, layer.weight.detach(), layer.bias.detach()))
-                     - x @ target.T) ** 2).mean() for layer, target in zip(self.layers, self.targets))
+                     - x @ target.T) ** 2).sum(-1).mean() / self.d for layer, target in zip(self.layers, self.targets))
 
 
 def theory_loss(ranks: list[int], needs: list[int], d: int = 16) -> float:
@@ -130,9 +134,13 @@ def theory_loss(ranks: list[int], needs: list[int], d: int = 16) -> float:
     return sum(max(0, k - r) * (4.0 / k) / d for k, r in zip(needs, ranks))
 
 
-def oracle_ranks(r: int, needs: list[int], d: int = 16, r_min: int = 1) -> list[int]:
-    """The ranks that minimise `theory_loss` with r directions per layer in all, each in [r_min, r_max]
-    (dynamic LoRA's: 4 r, and never more than the layer's size)."""
+def oracle_ranks(r: int, needs: list[int], d: int = 16, r_min: int = 1, outs: list[int] | None = None) -> list[int]:
+    """The ranks that minimise `theory_loss` within the parameter budget of uniform rank r,
+    each in [r_min, r_max] (dynamic LoRA's: 4 r, and never more than the layer's size). One
+    width: the most valuable directions first; several (`outs`): exactly, by dynamic programming
+    over the parameters spent (a rank of a wide layer costs more)."""
+    if outs is not None and len(set(outs)) > 1:
+        return _oracle_by_cost(r, needs, d, r_min, outs)
     r_max = min(4 * r, d)
     ranks = [r_min] * len(needs)
     left = r * len(needs) - sum(ranks)
@@ -147,6 +155,27 @@ def oracle_ranks(r: int, needs: list[int], d: int = 16, r_min: int = 1) -> list[
         ranks[i] += extra
         left -= extra
     return ranks
+
+
+def _oracle_by_cost(r: int, needs: list[int], d: int, r_min: int, outs: list[int]) -> list[int]:
+    costs = [d + out for out in outs]
+    budget = r * sum(costs)
+    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}  # parameters spent -> (value, ranks)
+    for k, cost, out in zip(needs, costs, outs):
+        after: dict[int, tuple[float, list[int]]] = {}
+        for spent, (value, ranks) in best.items():
+            for rank in range(r_min, min(4 * r, d, out) + 1):
+                total = spent + rank * cost
+                if total > budget:
+                    break
+                gain = value + min(rank, k) * (4.0 / k) / d
+                if total not in after or after[total][0] < gain:
+                    after[total] = (gain, [*ranks, rank])
+        best, top = {}, -1.0  # keep only spends that buy more than every cheaper one
+        for spent in sorted(after):
+            if after[spent][0] > top + 1e-12:
+                best[spent], top = after[spent], after[spent][0]
+    return max(best.values())[1]
 
 
 def toy_training(model: nn.Module, config, steps: int, lr: float = 1e-2, seed: int = 0, batch: int = 64,
