@@ -35,7 +35,7 @@ Per arm: the trained loss on fresh inputs, the best loss reachable at its final 
 r = 2 is a tight budget (24 directions for needs that sum to 61), r = 4 a binding one, r = 8
 a loose one (96 directions; only the layers that need 12 and 16 lack any).
 
---widths mixed gives every second layer 128 outputs instead of 16 (16 x 128: a rank costs 144
+--widths mixed gives every second layer 128 outputs instead of 16 (128 x 16, outputs x inputs: a rank costs 144
 parameters there against 32, and the gradient probe keeps a 96-row sketch of it, as it does for
 MiniLM's layers). A direction is worth the same in either width, so the best allocation now
 weighs value against cost (found exactly by dynamic programming), and the budget is uniform

@@ -115,6 +115,7 @@ class RankNeedToy(nn.Module):
         torch.manual_seed(seed)
         self.d = d
         outs = outs or [d] * len(ranks)
+        assert len(outs) == len(ranks), "one output width per layer"
         self.layers = nn.ModuleList(nn.Linear(d, out) for out in outs)
         self.targets = []
         for k, out in zip(ranks, outs):

@@ -576,13 +576,17 @@ def test_the_budget_table_shows_each_task_so_a_pooled_mean_hides_no_task(tmp_pat
 
 
 def test_progress_counts_each_tiers_runs_left_and_those_waiting_for_an_lr(tmp_path):
-    from dynalora.bench.protocol_runner import tier_progress
+    from dynalora.bench.protocol_runner import describe_plan, tier_progress
 
     protocol = paper_protocol()
     empty = {r["tier"]: r for r in tier_progress(protocol, ["0", "1"], [], {})}
     assert (empty["0"]["planned"], empty["0"]["left"]) == (9, 9)  # 3 arms x 3 lrs on MRPC
     assert empty["1"]["left"] == empty["1"]["waiting for an lr"] == 60  # no lr is chosen yet
-    grid = next(job for job in protocol_jobs(protocol, "0") if job.arm.name == "lora")
+    # the ablation tiers share their baselines (dynamic, dynamic:lora-lr): the total counts them once
+    total, _, text = describe_plan(protocol, ["ablation", "ablation-extra"], tmp_path / "none.jsonl", 1)
+    rows = tier_progress(protocol, ["ablation", "ablation-extra"], [], {})
+    assert total == 30 + 24 - 12 < sum(r["left"] for r in rows) and f"{total} runs left" in text
+    grid = next(job for job in grid_jobs_of(protocol, "0") if job.arm.name == "lora")
     record = {**hand_record("mrpc", "lora", 0, 0.8, lr=grid.lr, stage="grid"), "settings": grid.settings}
     one = {r["tier"]: r for r in tier_progress(protocol, ["0"], [record], {})}
     assert one["0"]["left"] == 8 and one["0"]["hours left"] > 0
@@ -591,7 +595,7 @@ def test_progress_counts_each_tiers_runs_left_and_those_waiting_for_an_lr(tmp_pa
     assert "| 0 | 9 | 8 | 0 |" in (tmp_path / "report" / "progress.md").read_text()
 
 
-def protocol_jobs(protocol, tier):
+def grid_jobs_of(protocol, tier):
     from dynalora.bench.protocol import grid_jobs
 
     return grid_jobs(protocol, protocol.tier(tier), [])

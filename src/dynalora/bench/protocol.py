@@ -178,7 +178,7 @@ MAIN_ARMS = ("lora", "dynamic", "peft-adalora")
 # a short diagnostic run, and equal or better on the toy), chosen from allocation behaviour, not
 # from any score; the arm stays defined so its two records are still paired in the report.
 LOW_RANK_ARMS = ("lora-r2", "dynamic-r2", "dynamic-r2-target-pooled")
-# low-rank-wide, added on 2026-11-29 at 15:40 UTC before any of its new runs: with 3 seeds on two
+# low-rank-wide, added on 2026-11-29 at 15:34 UTC before any of its new runs: with 3 seeds on two
 # tasks dynamic-r2 - lora-r2 was +1.2 (95% CI -1.0 to +3.4), the only budget where the reallocation
 # may pay; the same two arms on tier 1's four tasks and 5 seeds give it tier 1's resolution.
 LOW_RANK_WIDE_ARMS = ("lora-r2", "dynamic-r2")

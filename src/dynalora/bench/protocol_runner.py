@@ -64,15 +64,27 @@ def estimate_s(job: Job, records: list[dict[str, Any]]) -> float:
     return sum(values) / len(values) if values else DEFAULT_RUN_S.get(job.task, 2400.0)
 
 
+def tier_jobs(protocol: Protocol, name: str, recorded: list[dict[str, Any]], chosen: dict[str, float],
+              arms: list[str] | None = None) -> tuple[list[Job], list[Job]]:
+    """(the runs tier `name` plans, those of them not recorded yet)."""
+    tier = protocol.tier(name)
+    jobs = [j for j in grid_jobs(protocol, tier, recorded) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
+    return jobs, pending(jobs, recorded)
+
+
+def same_run(job: Job) -> str:
+    """What makes two planned jobs one run (two tiers may plan it): its record key, or, before its
+    arm's lr is chosen, the arm, task and seed."""
+    return run_key(job.key_record()) if job.lr is not None else f"{job.arm.name} {job.task} {job.seed}"
+
+
 def tier_progress(protocol: Protocol, tiers: list[str], recorded: list[dict[str, Any]], chosen: dict[str, float],
                   arms: list[str] | None = None) -> list[dict[str, Any]]:
     """Per tier: the runs it plans (a tier may plan a run another tier has recorded), how many
     are left, how many of those wait for an lr grid, and their estimated single-worker time."""
     rows = []
     for name in tiers:
-        tier = protocol.tier(name)
-        jobs = [j for j in grid_jobs(protocol, tier, recorded) + seed_jobs(protocol, tier, chosen) if keep(j, arms)]
-        left = pending(jobs, recorded)
+        jobs, left = tier_jobs(protocol, name, recorded, chosen, arms)
         rows.append({"tier": name, "planned": len(jobs), "left": len(left),
                      "waiting for an lr": sum(j.lr is None for j in left),
                      "hours left": sum(estimate_s(j, recorded) for j in left) / 3600})
@@ -101,7 +113,9 @@ def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: 
         note = f" ({waiting} wait for their arm's lr grid)" if waiting else ""
         lines.append(f"tier {row['tier']}: {row['left']} of {row['planned']} runs left{note}, "
                      f"~{row['hours left']:.1f} h of run time")
-    total, seconds = sum(r["left"] for r in rows), 3600 * sum(r["hours left"] for r in rows)
+    # a run two of these tiers plan (the ablation tiers share their baselines) runs once
+    distinct = {same_run(j): j for name in tiers for j in tier_jobs(protocol, name, recorded, chosen, arms)[1]}
+    total, seconds = len(distinct), sum(estimate_s(j, recorded) for j in distinct.values())
     basis = f"from {len(recorded)} recorded runs" if recorded else "no runs recorded yet: default guesses"
     lines.append(f"{total} runs left; about {seconds / workers / 3600:.1f} h with {workers} worker(s) ({basis})")
     return total, seconds / workers, "\n".join(lines)

@@ -18,7 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dynalora.analysis.spectrum import rank_use_table
 from dynalora.analysis.tables import write_table
 from dynalora.bench.protocol import (
     GRID_SEED,
@@ -32,6 +31,7 @@ from dynalora.bench.protocol import (
 from dynalora.bench.protocol_runner import progress_table
 from dynalora.bench.records import lr_text, read_records, settings_only
 from dynalora.bench.report_plots import dot_plot, paired_plot
+from dynalora.bench.report_runs import allocation_rows, budget_rows, convergence_rows, rank_use_rows
 from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
@@ -233,89 +233,6 @@ def choice_mark(choice: dict[str, Any] | None, lr: float, done: int, wanted: int
     if float(lr) != choice["lr"]:
         return ""
     return "yes (grid end)" if choice.get("at_grid_end") else "yes"
-
-
-def stopped_early(record: dict[str, Any]) -> bool:
-    """Patience ran out before the epoch cap (records before the fix also called a run stopped
-    when patience ran out at the very last evaluation)."""
-    cap = (record.get("settings") or {}).get("epochs", math.inf)
-    return bool(record["stopped_early"]) and record["epochs_run"] < cap - 1e-6
-
-
-def convergence_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        groups[(r["task"], r["arm"])].append(r)
-    rows = []
-    for (task, arm), mine in groups.items():
-        peaked_last = sum(1 for r in mine if r["curve"] and r["best_epoch"] >= r["curve"][-1][0] - 1e-6)
-        rows.append({"task": task, "arm": arm, "runs": len(mine),
-                     "epochs run (mean)": f"{statistics.fmean(r['epochs_run'] for r in mine):.1f}",
-                     "best epoch (mean)": f"{statistics.fmean(r['best_epoch'] for r in mine):.1f}",
-                     "stopped early": sum(stopped_early(r) for r in mine),
-                     "best at last evaluation": peaked_last,
-                     "run time s (mean)": f"{statistics.fmean(r['run_wall_s'] for r in mine):.0f}"})
-    return rows
-
-
-def budget_rows(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        if not mine:  # e.g. its lr grid is not complete yet
-            continue
-        ratios = [r["budget_vs_lora"] for r in mine if r.get("budget_vs_lora") is not None]
-        adapters = [r["adapter_params"] for r in mine if r.get("adapter_params") is not None]
-        rows.append({"arm": arm, "trainable params (median)": int(statistics.median(r["trainable_params"] for r in mine)),
-                     "final adapter params (mean)": f"{statistics.fmean(adapters):.0f}" if adapters else "–",
-                     "vs uniform LoRA (mean, min-max)": f"{statistics.fmean(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
-                     if ratios else "–",
-                     # a pooled mean can hide a task where the arm ends under or over budget
-                     "vs uniform LoRA by task (mean)": _by_task(mine)})
-    return rows
-
-
-def _by_task(runs: list[dict[str, Any]]) -> str:
-    tasks = sorted({r["task"] for r in runs if r.get("budget_vs_lora") is not None})
-    return ", ".join(f"{t} {statistics.fmean(r['budget_vs_lora'] for r in runs if r['task'] == t and r.get('budget_vs_lora') is not None):.3f}"
-                     for t in tasks) or "–"
-
-
-def allocation_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Where the rank-changing arms put their budget, per task: the final mean rank of each
-    module type (a rank costs d_in + d_out parameters, so an FFN rank costs more than an
-    attention one), layer resizes, rank reversals per layer (records that carry them) and
-    the weights' range. Returns the rows and the module-type columns."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        if (r.get("allocation") or {}).get("ranks_by_type"):
-            groups[(r["arm"], r["task"])].append(r["allocation"])
-    kinds = sorted({k for allocations in groups.values() for a in allocations for k in a["ranks_by_type"]})
-    rows = []
-    for (arm, task), allocations in groups.items():
-        row: dict[str, Any] = {"arm": arm, "task": task, "runs": len(allocations)}
-        for kind in kinds:
-            means = [a["ranks_by_type"][kind]["mean"] for a in allocations if kind in a["ranks_by_type"]]
-            row[kind] = f"{statistics.fmean(means):.1f}" if means else "–"
-        row["resizes (mean)"] = f"{statistics.fmean(a.get('resizes', 0) for a in allocations):.0f}"
-        turns = [a["reversals"]["mean_per_layer"] for a in allocations if "reversals" in a]
-        row["reversals per layer"] = f"{statistics.fmean(turns):.2f} (n={len(turns)})" if turns else "–"
-        low = [a["weight_min"] for a in allocations if "weight_min" in a]
-        high = [a["weight_max"] for a in allocations if "weight_max" in a]
-        row["weights (min-max)"] = f"{min(low):.2f}-{max(high):.2f}" if low and high else "–"
-        rows.append(row)
-    return rows, kinds
-
-
-def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """How much of its rank each arm's chosen adapters use, per task and module type: mean
-    effective rank / mean rank (records that carry `rank_use`, see dynalora.analysis.spectrum)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        if r.get("rank_use") and "error" not in r["rank_use"]:
-            groups[(r["arm"], r["task"])].append(r["rank_use"])
-    return rank_use_table(groups, lambda mine: f"{statistics.fmean(m['effective_rank'] for m in mine):.1f} / "
-                                               f"{statistics.fmean(m['r'] for m in mine):.1f}")
 
 
 def write_report(records_path: Path, output: Path, reference: str = "lora") -> str:
