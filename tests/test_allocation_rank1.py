@@ -3,10 +3,12 @@
 import pytest
 import torch
 from allocation_helpers import (
+    RankNeedToy,
     TwoLayerToy,
     bert_batches,
     optimizer_matches_model,
     quiet_bert,
+    toy_training,
     trainable,
 )
 
@@ -191,3 +193,37 @@ def test_input_gated_output_does_not_depend_on_padding():
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-6)
     assert (unmasked - ours).abs().max() > 1e-4
     assert all(a.pool_mask is None for a in model.adapter_modules().values())  # cleared after the call
+
+
+def test_prune_plan_in_parameters_drops_the_lowest_score_per_parameter_until_under_the_target():
+    from dynalora.adapters.layer import LoraAdapter
+    from dynalora.allocation.gates import prune_plan
+
+    adapters = {"narrow": LoraAdapter(16, 16, r=2, scaling=1.0), "wide": LoraAdapter(16, 128, r=2, scaling=1.0)}
+    scores = {"narrow": torch.tensor([1.0, 0.5]), "wide": torch.tensor([3.0, 2.0])}
+    costs = {"narrow": 32, "wide": 144}
+    # per parameter: narrow 0.031, 0.016; wide 0.021, 0.014 -> the wide 2.0 goes first, then narrow 0.5
+    plan = prune_plan(adapters, scores, target=2 * 32 + 144 + 10, costs=costs)
+    assert plan["narrow"].tolist() == [0, 1] and plan["wide"].tolist() == [0]
+    plan = prune_plan(adapters, scores, target=32 + 144, costs=costs)
+    assert plan["narrow"].tolist() == [0] and plan["wide"].tolist() == [0]
+    # in components, raw scores decide: the narrow 0.5 goes first
+    assert prune_plan(adapters, scores, target=3)["narrow"].tolist() == [0]
+
+
+def test_a_parameter_budget_ends_at_uniform_loras_parameters_over_layers_of_two_widths():
+    """Every second layer 128 wide: a component costs 144 parameters there, 32 elsewhere. Starting
+    at r = 8 with keep_fraction 0.5, budget_in="parameters" ends within one component under
+    uniform LoRA's parameters at r = 4; counting components it ends wherever the pruned
+    components happened to sit (here 11% under)."""
+    needs, outs = [1, 8, 1, 8, 2, 4], [16, 128, 16, 128, 16, 128]
+    names = [f"layers.{i}" for i in range(len(needs))]
+    uniform = 4 * sum(16 + out for out in outs)
+    ends = {}
+    for unit in ("components", "parameters"):
+        _, controller, opt = toy_training(RankNeedToy(needs, outs=outs),
+                                          Rank1LoraConfig(r=8, target_modules=names, budget_in=unit), 200)
+        ends[unit] = controller.summary()
+        assert optimizer_matches_model(opt, controller.model)
+    assert ends["components"]["components"] == 4 * len(needs)
+    assert uniform - 144 < ends["parameters"]["parameters"] <= uniform == ends["parameters"]["budget"]

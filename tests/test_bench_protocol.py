@@ -318,6 +318,14 @@ def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     assert {j.arm.name: j.arm.paired_with for j in low} == {"lora-r2": None, "dynamic-r2": "lora-r2",
                                                             "dynamic-r2-target-pooled": "lora-r2"}
     assert protocol.arm("dynamic-r2-target").paired_with == "lora-r2"  # no longer run, still reported
+    # Rank-1 Sum starts at 2 x LoRA's rank and prunes to LoRA's budget in parameters; its records
+    # compare its size with LoRA's at r = 8, not at the rank it starts from
+    rank1 = [j for j in seed_jobs(protocol, protocol.tier("2"), {"rank1": 1e-3, "lora-qv": 3e-4})
+             if j.arm.name == "rank1"]
+    assert {(j.settings["rank"], j.settings["alpha"], j.arm.method_options["budget_in"]) for j in rank1} == {
+        (16, 32.0, "parameters")}
+    assert protocol_runner.job_document(rank1[0], None, None)["record"]["budget_rank"] == 8
+    assert protocol_runner.job_document(low[0], None, None)["record"]["budget_rank"] == 2
     # the wide tier plans the low-rank tier's finished runs again (same keys: skipped) and 28 more
     wide = seed_jobs(protocol, protocol.tier("low-rank-wide"), {"lora": 3e-4, "dynamic": 1e-3})
     low_keys = {run_key(j.key_record()) for j in low}

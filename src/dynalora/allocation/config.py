@@ -223,6 +223,12 @@ class Rank1LoraConfig(LoraConfig):
         of the initial ones, so pruning happens (with None meaning "keep all", the old
         default pruned nothing and trained plain LoRA with gates). The kept count falls from
         the start to the budget along AdaLoRA's cubic schedule.
+    budget_in: "components" (default) or "parameters": `budget` and `keep_fraction` count the
+        adapter parameters kept (a component of a layer costs its in + out), and components
+        go lowest score per parameter first. Over layers of one shape the two agree; over
+        `all-linear` targets, where an FFN component costs more than an attention one, only
+        "parameters" ends at a given parameter budget (r = 2 k with keep_fraction 0.5 ends at
+        uniform LoRA's at rank k, within one component).
     prune_start / prune_end / prune_every: pruning steps (None: 10% / 60% / total/20).
         Components with gate exactly 0 are removed at every pruning step.
     """
@@ -233,6 +239,7 @@ class Rank1LoraConfig(LoraConfig):
     l1: float = 0.5
     prune_by: str | None = None
     budget: int | None = None
+    budget_in: str = "components"
     keep_fraction: float = 0.5
     prune_start: int | None = None
     prune_end: int | None = None
@@ -251,18 +258,19 @@ class Rank1LoraConfig(LoraConfig):
               self.prune_by)
         _check_numbers(self, ("l1", "sensitivity_beta", "keep_fraction"))
         check(self.l1 >= 0, "l1", "must be >= 0", self.l1)
+        _check_choice(self, "budget_in", ("components", "parameters"))
         check(self.budget is None or (is_int(self.budget) and self.budget >= 0), "budget",
-              "must be an integer >= 0 (rank-1 components) or None", self.budget)
+              f"must be an integer >= 0 ({self.budget_in}) or None", self.budget)
         check(0.0 < self.keep_fraction <= 1.0, "keep_fraction", "must be in (0, 1]", self.keep_fraction)
         check(0.0 <= self.sensitivity_beta < 1.0, "sensitivity_beta", "must be in [0, 1)",
               self.sensitivity_beta)
         _check_schedule(self, ("prune_start", "prune_end", "prune_every"))
 
-    def resolve_budget(self, initial_components: int) -> int:
-        """Components to keep at the end: `budget`, or `keep_fraction` of the initial ones."""
+    def resolve_budget(self, initial: int) -> int:
+        """What to keep at the end (in `budget_in` units): `budget`, or `keep_fraction` of `initial`."""
         if self.budget is not None:
             return self.budget
-        return math.ceil(self.keep_fraction * initial_components)
+        return math.ceil(self.keep_fraction * initial)
 
     def resolve_schedule(self, total_steps: int | None) -> tuple[int, int, int]:
         """(prune_start, prune_end, prune_every), filling None fields from `total_steps`."""

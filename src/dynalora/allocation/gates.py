@@ -32,8 +32,9 @@ def soft_threshold_(gates: list[torch.Tensor], thresholds: list[float]) -> None:
 
 
 def target_components(step: int, start: int, end: int, initial: int, budget: int | None) -> int | None:
-    """Components to keep at `step`: from `initial` at `start` down to `budget` at `end` along
-    AdaLoRA's cubic curve (fast early, gentle late). None: no budget."""
+    """What to keep at `step` (components, or parameters with budget_in="parameters"): from
+    `initial` at `start` down to `budget` at `end` along AdaLoRA's cubic curve (fast early,
+    gentle late). None: no budget."""
     if budget is None:
         return None
     if budget >= initial:
@@ -43,11 +44,13 @@ def target_components(step: int, start: int, end: int, initial: int, budget: int
 
 
 def prune_plan(adapters: dict[str, LoraAdapter], scores: dict[str, torch.Tensor],
-               target: int | None) -> dict[str, torch.Tensor]:
+               target: int | None, costs: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Indices of the components each layer keeps.
 
-    Components whose scalar gate is exactly 0 always go. If more than `target` remain, those
-    of lowest score go (over all layers together; ties: earlier layer and index go first).
+    Components whose scalar gate is exactly 0 always go. Then, while what is kept exceeds
+    `target`, the component of lowest score per unit goes (over all layers together; ties:
+    earlier layer and index go first). Units: components (`costs` None), or each layer's cost
+    per component (its parameters, in + out), so a wide layer's component must earn more.
     """
     keep: dict[str, torch.Tensor] = {}
     candidates: list[tuple[float, int, int, str]] = []
@@ -57,9 +60,14 @@ def prune_plan(adapters: dict[str, LoraAdapter], scores: dict[str, torch.Tensor]
             alive &= adapter.gate.detach().cpu() != 0
         keep[name] = alive
         score = scores[name].detach().float().cpu()
-        candidates += [(float(score[i]), order, i, name) for i in alive.nonzero().flatten().tolist()]
-    if target is not None and len(candidates) > target:
+        unit = costs[name] if costs else 1
+        candidates += [(float(score[i]) / unit, order, i, name) for i in alive.nonzero().flatten().tolist()]
+    if target is not None:
+        kept = sum((costs[name] if costs else 1) for _, _, _, name in candidates)
         candidates.sort()
-        for _, _, i, name in candidates[: len(candidates) - target]:
+        for _, _, i, name in candidates:
+            if kept <= target:
+                break
             keep[name][i] = False
+            kept -= costs[name] if costs else 1
     return {name: mask.nonzero().flatten() for name, mask in keep.items()}

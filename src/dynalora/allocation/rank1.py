@@ -33,11 +33,17 @@ class Rank1LoraController(AllocationController):
     def _init_method(self) -> None:
         self.sensitivity = {n: torch.zeros(a.r, device=self.device) for n, a in self.adapters.items()}
         self.initial_components = sum(a.r for a in self.adapters.values())
+        self.initial_parameters = adapter_parameters([a.r for a in self.adapters.values()], self.costs)
+        self.unit_costs = dict(zip(self.adapters, self.costs)) if self.config.budget_in == "parameters" else None
+
+    @property
+    def initial_units(self) -> int:
+        return self.initial_parameters if self.unit_costs else self.initial_components
 
     @property
     def budget(self) -> int:
-        """Components kept at the end of pruning."""
-        return self.config.resolve_budget(self.initial_components)
+        """What is kept at the end of pruning: components, or adapter parameters (budget_in)."""
+        return self.config.resolve_budget(self.initial_units)
 
     def _step(self, t: int) -> dict[str, Any] | None:
         cfg = self.config
@@ -58,12 +64,12 @@ class Rank1LoraController(AllocationController):
 
     def _prune(self, t: int, start: int, end: int) -> dict[str, Any]:
         cfg = self.config
-        target = target_components(t, start, end, self.initial_components, self.budget)
+        target = target_components(t, start, end, self.initial_units, self.budget)
         if cfg.prune_by == "gate":
             scores = {n: a.gate.detach().abs() for n, a in self.adapters.items()}
         else:
             scores = self.sensitivity
-        plan = prune_plan(self.adapters, scores, target)
+        plan = prune_plan(self.adapters, scores, target, self.unit_costs)
         removed = {}
         for name, keep in plan.items():
             adapter = self.adapters[name]
@@ -86,12 +92,14 @@ class Rank1LoraController(AllocationController):
 
     def _method_state(self) -> dict[str, Any]:
         return {"sensitivity": {n: s.detach().cpu().tolist() for n, s in self.sensitivity.items()},
-                "initial_components": self.initial_components}
+                "initial_components": self.initial_components, "initial_parameters": self.initial_parameters}
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self.sensitivity = {n: torch.tensor(v, dtype=torch.float32, device=self.device)
                             for n, v in state["sensitivity"].items()}
         self.initial_components = int(state["initial_components"])
+        if "initial_parameters" in state:  # older states: components only, the budget_in they had
+            self.initial_parameters = int(state["initial_parameters"])
 
     def summary(self) -> dict[str, Any]:
         """Pruning steps, components at the start / kept / budget, final ranks by module type."""
@@ -103,6 +111,7 @@ class Rank1LoraController(AllocationController):
             "initial_components": self.initial_components,
             "components": sum(self.ranks().values()),
             "budget": self.budget,
+            "budget_in": self.config.budget_in,
             "parameters": adapter_parameters(list(self.ranks().values()), self.costs),
             "ranks_by_type": self.ranks_by_type(),
         }

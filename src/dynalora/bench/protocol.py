@@ -70,6 +70,7 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
     lr_from: str | None = None  # use this arm's chosen lr (ablation variants: "dynamic")
     paired_with: str | None = None  # the arm it is also compared with in the report (its own baseline)
+    budget_rank: int | None = None  # the uniform LoRA rank its budget equals (None: its own --rank)
 
     @property
     def tuned_by(self) -> str:
@@ -191,7 +192,12 @@ ABLATION_TIERS = ("ablation", "ablation-extra")
 
 def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
     arms = [Arm("lora", "lora"), Arm("dynamic", "dynamic"), Arm("peft-adalora", "peft-adalora"),
-            Arm("lora-qv", "lora", ("query", "value")), Arm("rank1", "rank1"),
+            Arm("lora-qv", "lora", ("query", "value")),
+            # Rank-1 Sum LoRA starts at twice LoRA's rank (LoRA's scale alpha / r = 2) and prunes to
+            # half of its parameters, LoRA's budget at r = 8, counted in parameters over all-linear
+            # targets (counted in components it would end wherever the pruned components sat)
+            Arm("rank1", "rank1", method_options={"budget_in": "parameters"}, overrides={"rank": 16, "alpha": 32.0},
+                budget_rank=8),
             Arm("full", "full", None), Arm("head", "head", None), Arm("adapter", "adapter", None),
             Arm("bitfit", "bitfit", None),
             Arm("lora-r2", "lora", overrides=LOW_RANK, lr_from="lora"),

@@ -135,7 +135,8 @@ def job_document(job: Job, data_dir: str | None, model: str | None) -> dict[str,
              "target_modules": job.arm.targets_value(), "method_options": dict(job.arm.method_options),
              "data_dir": data_dir, "model": model, "progress": False, **job.settings}
     record = {**job.key_record(), "arm": job.arm.name, "tier": job.tier, "stage": job.stage,
-              "tuned_by": job.arm.tuned_by}  # whose lr grid chose this run's lr (the report needs it)
+              "tuned_by": job.arm.tuned_by,  # whose lr grid chose this run's lr (the report needs it)
+              "budget_rank": job.arm.budget_rank or job.settings["rank"]}  # budget_vs_lora's reference
     return {"train": train, "record": record}
 
 

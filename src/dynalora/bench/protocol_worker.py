@@ -143,7 +143,7 @@ def main(folder: str) -> None:
     metrics = train(config)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     model, _, _ = load_trained(run, device=str(device))
-    budget, reference = adapter_budget(model), lora_budget(model, config.rank)
+    budget, reference = adapter_budget(model), lora_budget(model, job["record"].get("budget_rank") or config.rank)
     selection = metrics["selection"]
     record = {
         **job["record"],
