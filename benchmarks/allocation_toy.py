@@ -42,12 +42,14 @@ weighs value against cost (found exactly by dynamic programming), and the budget
 LoRA's in parameters. The question it asks: do the rank rules treat wide and narrow layers,
 sketched and not, on the same footing?
 
-Writes benchmarks/results/allocation_toy.{json,md,csv}.
+Writes benchmarks/results/allocation_toy.{json,md,csv,png} (the figure: each arm's share of the
+best gain by budget; `--replot STEM` redraws it from an earlier run's JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -130,6 +132,31 @@ def summarise(runs: list[dict], arms: list[str], outs: list[int]) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Share of the best allocation's gain (from the theory losses) by budget, one line per arm."""
+    import matplotlib.pyplot as plt
+
+    from dynalora.analysis.plots import save_figure
+
+    arms = [a for a in dict.fromkeys(row["arm"] for row in rows) if a not in ("uniform", "oracle")]
+    ranks = sorted({row["r"] for row in rows})
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for arm in arms:
+        shares = {row["r"]: float(row["share of oracle gain (theory)"]) for row in rows if row["arm"] == arm}
+        ax.plot(ranks, [shares[r] for r in ranks], marker="o", label=arm)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.text(ranks[0], 1.02, "best allocation", fontsize=8, va="bottom")
+    ax.text(ranks[0], 0.02, "uniform LoRA", fontsize=8, va="bottom", color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [f"r = {r}" for r in ranks])
+    ax.set_xlabel("budget (uniform LoRA's parameters at rank r)")
+    ax.set_ylabel("share of the best allocation's gain")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4, 8], help="at most 8 (rank1 starts at 2 r)")
@@ -141,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", choices=sorted(WIDTHS), default="square",
                         help="square: 12 layers of 16 x 16; mixed: every second layer 16 x 128 (outputs x inputs: 128 x 16)")
     parser.add_argument("--output", default=str(HERE / "results" / "allocation_toy"))
+    parser.add_argument("--replot", metavar="STEM", help="redraw STEM.png from STEM.json and exit")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.replot + ".json").read_text())
+        print(plot(saved["rows"], Path(args.replot + ".png"), _figure_title(saved)))
+        return
     outs = WIDTHS[args.widths]
     if not all(1 <= r <= D // 2 for r in args.ranks):  # rank1 starts at 2 r, at most the layers' size
         parser.error(f"--ranks must lie in 1..{D // 2} (rank1 starts at 2 r in {D} x {D} layers), got {args.ranks}")
@@ -159,9 +191,16 @@ def main(argv: list[str] | None = None) -> None:
     text = write_table(rows, list(rows[0]), Path(args.output),
                        title=f"Allocation on a toy with known needs {NEEDS} (12 layers, {SHAPES[args.widths]}), "
                              f"{args.steps} steps of {args.batch} rows, medians over seeds {args.seeds}")
-    write_json(Path(args.output + ".json"), {**result_header("allocation_toy.py", argv, args, load),
-                                             "needs": NEEDS, "outs": outs, "rows": rows, "runs": runs})
+    saved = {**result_header("allocation_toy.py", argv, args, load), "needs": NEEDS, "outs": outs, "rows": rows,
+             "runs": runs}
+    write_json(Path(args.output + ".json"), saved)
+    plot(rows, Path(args.output + ".png"), _figure_title(saved))
     print(text)
+
+
+def _figure_title(saved: dict) -> str:
+    widths = "layers of two widths" if len(set(saved.get("outs") or [D])) > 1 else "12 square layers"
+    return f"Toy with known needs ({widths}), {saved.get('settings', {}).get('batch', 64)} rows per step"
 
 
 if __name__ == "__main__":
