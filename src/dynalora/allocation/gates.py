@@ -52,6 +52,7 @@ def prune_plan(adapters: dict[str, LoraAdapter], scores: dict[str, torch.Tensor]
     earlier layer and index go first). Units: components (`costs` None), or each layer's cost
     per component (its parameters, in + out), so a wide layer's component must earn more.
     """
+    units = costs or dict.fromkeys(adapters, 1)
     keep: dict[str, torch.Tensor] = {}
     candidates: list[tuple[float, int, int, str]] = []
     for order, (name, adapter) in enumerate(adapters.items()):
@@ -60,14 +61,13 @@ def prune_plan(adapters: dict[str, LoraAdapter], scores: dict[str, torch.Tensor]
             alive &= adapter.gate.detach().cpu() != 0
         keep[name] = alive
         score = scores[name].detach().float().cpu()
-        unit = costs[name] if costs else 1
-        candidates += [(float(score[i]) / unit, order, i, name) for i in alive.nonzero().flatten().tolist()]
+        candidates += [(float(score[i]) / units[name], order, i, name) for i in alive.nonzero().flatten().tolist()]
     if target is not None:
-        kept = sum((costs[name] if costs else 1) for _, _, _, name in candidates)
+        kept = sum(units[name] for *_, name in candidates)
         candidates.sort()
         for _, _, i, name in candidates:
             if kept <= target:
                 break
             keep[name][i] = False
-            kept -= costs[name] if costs else 1
+            kept -= units[name]
     return {name: mask.nonzero().flatten() for name, mask in keep.items()}
