@@ -82,13 +82,12 @@ def tier_progress(protocol: Protocol, tiers: list[str], recorded: list[dict[str,
                   arms: list[str] | None = None) -> list[dict[str, Any]]:
     """Per tier: the runs it plans (a tier may plan a run another tier has recorded), how many
     are left, how many of those wait for an lr grid, and their estimated single-worker time."""
-    rows = []
-    for name in tiers:
-        jobs, left = tier_jobs(protocol, name, recorded, chosen, arms)
-        rows.append({"tier": name, "planned": len(jobs), "left": len(left),
-                     "waiting for an lr": sum(j.lr is None for j in left),
-                     "hours left": sum(estimate_s(j, recorded) for j in left) / 3600})
-    return rows
+    return [progress_row(name, *tier_jobs(protocol, name, recorded, chosen, arms), recorded) for name in tiers]
+
+
+def progress_row(name: str, jobs: list[Job], left: list[Job], recorded: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"tier": name, "planned": len(jobs), "left": len(left), "waiting for an lr": sum(j.lr is None for j in left),
+            "hours left": sum(estimate_s(j, recorded) for j in left) / 3600}
 
 
 def progress_table(protocol: Protocol, records: list[dict[str, Any]], chosen: dict[str, float], output: Path) -> str:
@@ -106,15 +105,15 @@ def describe_plan(protocol: Protocol, tiers: list[str], records: Path, workers: 
     """(runs left, estimated seconds, a readable summary) for the chosen tiers."""
     recorded = read_records(records)
     chosen = refresh_lr_choice(protocol, records, recorded)
-    rows = tier_progress(protocol, tiers, recorded, chosen, arms)
+    planned = {name: tier_jobs(protocol, name, recorded, chosen, arms) for name in tiers}
     lines = []
-    for row in rows:
+    for row in (progress_row(name, jobs, left, recorded) for name, (jobs, left) in planned.items()):
         waiting = row["waiting for an lr"]
         note = f" ({waiting} wait for their arm's lr grid)" if waiting else ""
         lines.append(f"tier {row['tier']}: {row['left']} of {row['planned']} runs left{note}, "
                      f"~{row['hours left']:.1f} h of run time")
     # a run two of these tiers plan (the ablation tiers share their baselines) runs once
-    distinct = {same_run(j): j for name in tiers for j in tier_jobs(protocol, name, recorded, chosen, arms)[1]}
+    distinct = {same_run(j): j for _, left in planned.values() for j in left}
     total, seconds = len(distinct), sum(estimate_s(j, recorded) for j in distinct.values())
     basis = f"from {len(recorded)} recorded runs" if recorded else "no runs recorded yet: default guesses"
     lines.append(f"{total} runs left; about {seconds / workers / 3600:.1f} h with {workers} worker(s) ({basis})")
