@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replot", metavar="STEM", help="redraw STEM.png from STEM.json and exit")
     args = parser.parse_args(argv)
     if args.replot:
+        if not Path(args.replot + ".json").is_file():
+            parser.error(f"--replot: no result file {args.replot}.json (give the path without .json)")
         saved = json.loads(Path(args.replot + ".json").read_text())
         print(plot(saved["rows"], Path(args.replot + ".png"), _figure_title(saved)))
         return

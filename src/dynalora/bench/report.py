@@ -284,7 +284,8 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     parts.append(write_table(budget_rows(runs, arms), ["arm", "trainable params (median)", "final adapter params (mean)",
                                                        "vs uniform LoRA (mean, min-max)", "vs uniform LoRA by task (mean)"],
                              output / "budget",
-                             title="Parameter budget (final live adapter parameters; uniform LoRA at the same rank on the same layers = 1)"))
+                             title="Parameter budget (final live adapter parameters; uniform LoRA on the same layers at the "
+                                   "rank the arm's budget matches = 1)"))
     allocation, kinds = allocation_rows(runs)
     if allocation:
         parts.append(write_table(allocation, ["arm", "task", "runs", *kinds, "resizes (mean)", "reversals per layer",
