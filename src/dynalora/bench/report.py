@@ -265,6 +265,9 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
             parts.append(write_table(paired_rows(own), ["reference", *PAIRED_COLUMNS], output / "paired_own",
                                      title="Paired differences against each arm's own baseline (the low-rank "
                                            "arms against lora-r2, the ablation variants against dynamic:lora-lr)"))
+            if any(p.n >= 3 for _, _, p, _ in own):
+                paired_plot(own, reference, output / "paired_own.png")
+                parts.append("![paired differences against each arm's own baseline](paired_own.png)\n")
         # The grid seed's runs on the grid tasks chose the lr they are reported at (a mild
         # winner's curse): the same table without that seed shows whether it carries a result.
         later = {(task, arm): {s: v for s, v in seeds.items() if s != GRID_SEED or task not in GRID_TASKS}

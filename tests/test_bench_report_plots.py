@@ -1,0 +1,30 @@
+"""The protocol report's figures: a majority line far from every seed does not flatten the
+panel, and the paired figure lays out any number of arms, each against its own reference."""
+
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+import pytest
+
+from dynalora.bench.report_plots import axis_range, paired_plot
+from dynalora.bench.stats import paired
+
+
+def test_a_distant_majority_line_is_left_off_the_axis_and_a_near_one_is_drawn():
+    low, high, on_axis = axis_range([85.2, 86.3, 86.8], 0.0)  # STS-B: "majority" scores 0
+    assert not on_axis and 84.0 <= low < 85.2 and 86.8 < high <= 88.0  # a point stays > 1/5 of the axis
+    low, high, on_axis = axis_range([80.6, 83.0, 85.5], 74.8)  # MRPC: the line belongs in the panel
+    assert on_axis and low < 74.8 and high > 85.5
+    assert axis_range([49.8, 55.6, 59.2], 52.7)[2]  # RTE: the line runs through the seeds
+    assert axis_range([22.0, 35.0], 0.0)[2]  # CoLA: chance (MCC 0) within twice the seeds' spread
+    assert not axis_range([80.0, 81.0], None)[2]
+
+
+@pytest.mark.parametrize("n_arms", [1, 4, 5])
+def test_the_paired_figure_lays_out_any_number_of_arms_against_their_own_references(tmp_path, n_arms):
+    diffs = paired([0.01, -0.02, 0.015, 0.0])
+    items = [(f"arm{k}", task, diffs, "lora-r2" if k % 2 else "lora") for k in range(n_arms)
+             for task in ("mrpc", "average (1 task)")]
+    path = paired_plot(items, "lora", tmp_path / "paired.png")
+    width = mpimg.imread(path).shape[1]
+    assert (width > 1.5 * 640) == (n_arms > 3)  # two columns past three panels
