@@ -212,6 +212,25 @@ def paired_rows(results: list[tuple]) -> list[dict[str, Any]]:
     return rows
 
 
+def paired_wide_rows(results: list[tuple], tasks: list[str], reference: str) -> list[dict[str, Any]]:
+    """The paired tables at a glance: a row per arm against its own reference where an item
+    carries one (the low-rank arms against lora-r2), else against `reference`; a column per task
+    and the average; each cell "mean [95% CI] (n)" in points, no interval below 3 seeds."""
+    rows: dict[str, dict[str, Any]] = {}
+    has_own = {item[0] for item in results if len(item) > 3}
+    for arm, task, p, *own in results:
+        if p.n == 0 or (arm in has_own and not own):
+            continue
+        row = rows.setdefault(arm, {"arm": arm, "minus": own[0] if own else reference})
+        cell = f"{p.mean:+.1f}" if math.isnan(p.low) else f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
+        if task.startswith("average"):  # over the tasks the arm shares with its reference
+            shared = sum(1 for t in tasks if t in row)
+            row["average"] = f"{cell} (n={p.n}{'' if shared == len(tasks) else f', {shared}/{len(tasks)} tasks'})"
+        else:
+            row[task] = f"{cell} (n={p.n})"
+    return [{k: row.get(k, "–") for k in ("arm", "minus", *tasks, "average")} for row in rows.values()]
+
+
 def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
             expected: dict[str, tuple[list[float], tuple[str, ...]]]) -> list[dict[str, Any]]:
     """Every grid run's selection score; an arm whose grid is incomplete says how far it got."""
@@ -261,6 +280,10 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
             paired_plot(results, reference, output / "paired.png")
             parts.append("![paired differences](paired.png)\n")
         own = own_reference_results(cells, tasks, arms)
+        parts.append(write_table(paired_wide_rows(results + own, tasks, reference), ["arm", "minus", *tasks, "average"],
+                                 output / "paired_wide",
+                                 title="Paired differences at a glance: arm minus its reference, dev GLUE points, "
+                                       "mean [95% t-interval] (paired seeds)"))
         if own:
             parts.append(write_table(paired_rows(own), ["reference", *PAIRED_COLUMNS], output / "paired_own",
                                      title="Paired differences against each arm's own baseline (the low-rank "

@@ -1,11 +1,13 @@
-"""The protocol report's figures: a majority line far from every seed does not flatten the
-panel, and the paired figure lays out any number of arms, each against its own reference."""
+"""The protocol report's views: a majority line far from every seed does not flatten the
+panel, the paired figure lays out any number of arms, each against its own reference, and the
+at-a-glance table shows each arm once, against the reference the protocol pairs it with."""
 
 from __future__ import annotations
 
 import matplotlib.image as mpimg
 import pytest
 
+from dynalora.bench.report import paired_wide_rows
 from dynalora.bench.report_plots import axis_range, paired_plot
 from dynalora.bench.stats import paired
 
@@ -28,3 +30,17 @@ def test_the_paired_figure_lays_out_any_number_of_arms_against_their_own_referen
     path = paired_plot(items, "lora", tmp_path / "paired.png")
     width = mpimg.imread(path).shape[1]
     assert (width > 1.5 * 640) == (n_arms > 3)  # two columns past three panels
+
+
+def test_the_glance_table_shows_an_arm_once_against_its_own_reference():
+    tasks = ["mrpc", "cola"]
+    five, one = paired([0.02, -0.01, 0.03, 0.01, 0.02]), paired([0.4])
+    results = [("dynamic", "mrpc", five), ("dynamic", "cola", one), ("dynamic", "average (2 tasks)", one),
+               ("dynamic-r2", "cola", one)]  # against lora, as the main paired table has it
+    own = [("dynamic-r2", "cola", five, "lora-r2")]
+    rows = {row["arm"]: row for row in paired_wide_rows(results + own, tasks, "lora")}
+    assert rows["dynamic"] == {"arm": "dynamic", "minus": "lora",
+                               "mrpc": f"{five.mean:+.1f} [{five.low:+.1f}, {five.high:+.1f}] (n=5)",
+                               "cola": f"{one.mean:+.1f} (n=1)", "average": f"{one.mean:+.1f} (n=1)"}
+    assert rows["dynamic-r2"]["minus"] == "lora-r2" and rows["dynamic-r2"]["cola"].endswith("(n=5)")
+    assert rows["dynamic-r2"]["mrpc"] == "–"
