@@ -44,3 +44,23 @@ def test_the_glance_table_shows_an_arm_once_against_its_own_reference():
                                "cola": f"{one.mean:+.1f} (n=1)", "average": f"{one.mean:+.1f} (n=1)"}
     assert rows["dynamic-r2"]["minus"] == "lora-r2" and rows["dynamic-r2"]["cola"].endswith("(n=5)")
     assert rows["dynamic-r2"]["mrpc"] == "–"
+
+
+def test_lr_sensitivity_compares_one_configuration_at_its_lrs_over_shared_seeds():
+    from dynalora.bench.report_runs import lr_sensitivity_rows
+
+    def record(arm, lr, seed, selection, dev, task="cola"):
+        return {"task": task, "method": "dynamic", "targets": "all-linear", "seed": seed, "lr": lr,
+                "method_options": {}, "settings": {"rank": 8}, "arm": arm,
+                "selection_score": selection, "dev": {"glue": dev}}
+
+    records = [record("dynamic", 1e-3, s, v, 0.24) for s, v in enumerate([0.33, 0.33, 0.32, 0.35])]
+    records += [record("dynamic:lora-lr", 3e-4, s, v, 0.31) for s, v in enumerate([0.36, 0.39, 0.31])]
+    records.append(record("dynamic", 3e-3, 0, 0.90, 0.9))  # one seed at that lr: not compared
+    records.append(record("dynamic", 3e-4, 0, 0.10, 0.1, task="mrpc"))  # another task, one lr
+    rows = {r["lr"]: r for r in lr_sensitivity_rows(records)}
+    assert set(rows) == {"0.0003", "0.001"}
+    assert rows["0.0003"]["seeds"] == "0,1,2" and rows["0.0003"]["selection (mean)"] == "35.33"
+    assert rows["0.0003"]["selection picks"] == "yes" and rows["0.001"]["selection picks"] == ""
+    assert rows["0.0003"]["seeds it leads on selection"] == 2 and rows["0.001"]["seeds it leads on selection"] == 1
+    assert rows["0.001"]["selection (mean)"] == "32.67" and rows["0.001"]["dev (mean)"] == "24.00"  # seed 3 left out

@@ -31,7 +31,13 @@ from dynalora.bench.protocol import (
 from dynalora.bench.protocol_runner import progress_table
 from dynalora.bench.records import lr_text, read_records, settings_only
 from dynalora.bench.report_plots import dot_plot, paired_plot
-from dynalora.bench.report_runs import allocation_rows, budget_rows, convergence_rows, rank_use_rows
+from dynalora.bench.report_runs import (
+    allocation_rows,
+    budget_rows,
+    convergence_rows,
+    lr_sensitivity_rows,
+    rank_use_rows,
+)
 from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
@@ -302,6 +308,12 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     grid_tasks = sorted({r["task"] for r in records if r.get("stage") == "grid"})
     parts.append(write_table(lr_rows(records, chosen, expected), ["arm", "lr", "chosen", *grid_tasks, "mean"], output / "lr_grid",
                              title="Learning-rate grid: selection-split GLUE score x100 (seed 0)"))
+    sensitivity = lr_sensitivity_rows(records)
+    if sensitivity:
+        parts.append(write_table(sensitivity, list(sensitivity[0]), output / "lr_sensitivity",
+                                 title="One configuration at several lrs on the same task and seeds: mean "
+                                       "selection and dev GLUE score x100 per lr, and the lr this task's own "
+                                       "selection split prefers (the protocol chose on MRPC seed 0)"))
     parts.append(write_table(convergence_rows(runs), ["task", "arm", "runs", "epochs run (mean)", "best epoch (mean)",
                                                    "stopped early", "best at last evaluation", "run time s (mean)"],
                              output / "convergence", title="Convergence of the counted runs: a run whose best was "

@@ -1,15 +1,18 @@
 """The report's tables of how the counted runs went: convergence (did the epoch cap bind?),
 parameter budget, where the rank-changing arms put their ranks, and how much of its rank each
-arm's updates use. Each takes the counted runs of dynalora.bench.report."""
+arm's updates use (each takes the counted runs of dynalora.bench.report); and, from all
+records, how a configuration scored at each lr it ran at on the same seeds."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
 from typing import Any
 
 from dynalora.analysis.spectrum import rank_use_table
+from dynalora.bench.records import KEY_FIELDS, lr_text
 
 
 def stopped_early(record: dict[str, Any]) -> bool:
@@ -95,3 +98,32 @@ def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             groups[(r["arm"], r["task"])].append(r["rank_use"])
     return rank_use_table(groups, lambda mine: f"{statistics.fmean(m['effective_rank'] for m in mine):.1f} / "
                                                f"{statistics.fmean(m['r'] for m in mine):.1f}")
+
+
+def lr_sensitivity_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where one configuration ran at two or more lrs on the same task with the same seeds (an
+    arm's grid lr beside a variant trained at another arm's lr), the mean selection and dev
+    scores per lr over those seeds, and the lr the selection split prefers: whether a choice
+    made on that task's own selection split would have matched the protocol's (MRPC seed 0)."""
+    groups: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        config = json.dumps([r.get(k) for k in KEY_FIELDS if k not in ("task", "seed", "lr")], sort_keys=True)
+        groups[(r["task"], config)][lr_text(r["lr"])][r["seed"]] = r
+    rows = []
+    for (task, _), by_lr in groups.items():
+        repeated = {lr: seeds for lr, seeds in by_lr.items() if len(seeds) >= 2}
+        common = set.intersection(*(set(s) for s in repeated.values())) if len(repeated) >= 2 else set()
+        if len(common) < 2:
+            continue
+        scores = {lr: [100 * repeated[lr][s]["selection_score"] for s in sorted(common)] for lr in repeated}
+        best = max(scores, key=lambda lr: statistics.fmean(scores[lr]))
+        for lr in sorted(repeated, key=float):
+            mine = [repeated[lr][s] for s in sorted(common)]
+            wins = sum(scores[lr][k] >= max(v[k] for v in scores.values()) for k in range(len(common)))
+            rows.append({"task": task, "arms": ", ".join(sorted({r["arm"] for r in mine})), "lr": lr,
+                         "seeds": ",".join(str(s) for s in sorted(common)),
+                         "selection (mean)": f"{statistics.fmean(scores[lr]):.2f}",
+                         "seeds it leads on selection": wins,
+                         "dev (mean)": f"{statistics.fmean(100 * r['dev']['glue'] for r in mine):.2f}",
+                         "selection picks": "yes" if lr == best else ""})
+    return rows
