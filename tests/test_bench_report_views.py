@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from dynalora.bench.report import paired_wide_rows
-from dynalora.bench.report_plots import axis_range, paired_plot
+from dynalora.bench.report_plots import axis_range, paired_plot, panel_grid
 from dynalora.bench.stats import paired
 
 
@@ -38,7 +38,9 @@ def test_the_glance_table_shows_an_arm_once_against_its_own_reference():
     results = [("dynamic", "mrpc", five), ("dynamic", "cola", one), ("dynamic", "average (2 tasks)", one),
                ("dynamic-r2", "cola", one)]  # against lora, as the main paired table has it
     own = [("dynamic-r2", "cola", five, "lora-r2")]
-    rows = {row["arm"]: row for row in paired_wide_rows(results + own, tasks, "lora")}
+    table = paired_wide_rows(results + own, tasks, ["lora", "dynamic-r2", "dynamic"], "lora")
+    assert [row["arm"] for row in table] == ["dynamic-r2", "dynamic"]  # in the order of the arms
+    rows = {row["arm"]: row for row in table}
     assert rows["dynamic"] == {"arm": "dynamic", "minus": "lora",
                                "mrpc": f"{five.mean:+.1f} [{five.low:+.1f}, {five.high:+.1f}] (n=5)",
                                "cola": f"{one.mean:+.1f} (n=1)", "average": f"{one.mean:+.1f} (n=1)"}
@@ -62,5 +64,42 @@ def test_lr_sensitivity_compares_one_configuration_at_its_lrs_over_shared_seeds(
     assert set(rows) == {"0.0003", "0.001"}
     assert rows["0.0003"]["seeds"] == "0,1,2" and rows["0.0003"]["selection (mean)"] == "35.33"
     assert rows["0.0003"]["selection picks"] == "yes" and rows["0.001"]["selection picks"] == ""
-    assert rows["0.0003"]["seeds it leads on selection"] == 2 and rows["0.001"]["seeds it leads on selection"] == 1
+    assert rows["0.0003"]["seeds where it is best"] == 2 and rows["0.001"]["seeds where it is best"] == 1
     assert rows["0.001"]["selection (mean)"] == "32.67" and rows["0.001"]["dev (mean)"] == "24.00"  # seed 3 left out
+
+
+def test_the_glance_table_falls_back_to_the_reference_and_says_how_many_tasks_an_average_spans():
+    five = paired([0.02, -0.01, 0.03, 0.01, 0.02])
+    results = [("dynamic-r2", "cola", five), ("dynamic-r2", "average (1 tasks)", five)]
+    no_shared_seeds = [("dynamic-r2", "cola", paired([]), "lora-r2")]
+    rows = paired_wide_rows(results + no_shared_seeds, ["mrpc", "cola"], ["dynamic-r2"], "lora")
+    assert len(rows) == 1 and rows[0]["minus"] == "lora"  # its own reference shares no seed
+    assert rows[0]["average"].endswith("(n=5, 1/2 tasks)")
+    near_zero = paired([0.0004, -0.0004, 0.0002])
+    assert paired_wide_rows([("a", "cola", near_zero)], ["cola"], ["a"], "lora")[0]["cola"].startswith("+0.0 ")
+
+
+@pytest.mark.parametrize("n, bottoms", [(1, [(0, 0)]), (3, [(2, 0)]), (4, [(1, 0), (1, 1)]),
+                                        (5, [(2, 0), (1, 1)]), (7, [(3, 0), (2, 1)])])
+def test_each_column_of_the_paired_figure_has_its_axis_on_its_lowest_panel(n, bottoms):
+    rows, cols, found = panel_grid(n)
+    assert found == bottoms and rows * cols >= n and cols == (1 if n <= 3 else 2)
+
+
+def test_lr_sensitivity_keeps_the_lrs_that_share_seeds_and_marks_ties():
+    from dynalora.bench.report_runs import lr_sensitivity_rows
+
+    def record(lr, seed, selection, options):
+        return {"task": "mrpc", "method": "lora", "targets": "all-linear", "seed": seed, "lr": lr,
+                "method_options": options, "settings": {"rank": 8}, "arm": "lora",
+                "selection_score": selection, "dev": {"glue": float("nan")}}
+
+    records = [record(1e-3, s, 0.80, {}) for s in range(5)]
+    records += [record(3e-4, s, 0.80, None) for s in range(5)]  # no options: the same configuration
+    records += [record(3e-3, s, 0.70, {}) for s in (5, 6)]  # shares no seed: left out, not fatal
+    records.append(record(1e-4, 0, float("nan"), {}))
+    rows = {r["lr"]: r for r in lr_sensitivity_rows(records)}
+    assert set(rows) == {"0.0003", "0.001"} and rows["0.001"]["seeds"] == "0,1,2,3,4"
+    assert rows["0.001"]["selection picks"] == rows["0.0003"]["selection picks"] == "yes (tie)"
+    assert rows["0.001"]["seeds where it is best"] == 0  # a tie is nobody's win
+    assert rows["0.001"]["dev (mean)"] == "0.00"  # an undefined dev score counts as 0, as elsewhere

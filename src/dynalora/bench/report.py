@@ -35,10 +35,11 @@ from dynalora.bench.report_runs import (
     allocation_rows,
     budget_rows,
     convergence_rows,
+    dev_points,
     lr_sensitivity_rows,
     rank_use_rows,
 )
-from dynalora.bench.stats import MIN_WILCOXON, Paired, paired
+from dynalora.bench.stats import MIN_T, MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
 
@@ -116,13 +117,6 @@ def config_conflicts(runs: list[dict[str, Any]], arms: list[str]) -> list[dict[s
             if len(values) > 1:
                 rows.append({"arm": arm, "field": key, "values": " / ".join(values)})
     return rows
-
-
-def dev_points(record: dict[str, Any]) -> float:
-    """The run's dev GLUE score x100; an undefined one (a correlation of constant predictions,
-    NaN) counts as 0, the score the majority line gives a regression task."""
-    value = record["dev"]["glue"]
-    return 100 * value if value is not None and math.isfinite(value) else 0.0
 
 
 def by_cell(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
@@ -218,23 +212,27 @@ def paired_rows(results: list[tuple]) -> list[dict[str, Any]]:
     return rows
 
 
-def paired_wide_rows(results: list[tuple], tasks: list[str], reference: str) -> list[dict[str, Any]]:
-    """The paired tables at a glance: a row per arm against its own reference where an item
-    carries one (the low-rank arms against lora-r2), else against `reference`; a column per task
-    and the average; each cell "mean [95% CI] (n)" in points, no interval below 3 seeds."""
+def paired_wide_rows(results: list[tuple], tasks: list[str], arms: list[str], reference: str) -> list[dict[str, Any]]:
+    """The paired tables at a glance: a row per arm (in the order of `arms`) against its own
+    reference where it has one with shared seeds (the low-rank arms against lora-r2), else
+    against `reference`; a column per task and the average; each cell "mean [95% CI] (n)" in
+    points, without the interval where there are too few seeds for one."""
     rows: dict[str, dict[str, Any]] = {}
-    has_own = {item[0] for item in results if len(item) > 3}
-    for arm, task, p, *own in results:
-        if p.n == 0 or (arm in has_own and not own):
+    has_own = {item[0] for item in results if len(item) > 3 and item[2].n > 0}
+    for arm, task, p, *own_reference in results:
+        if p.n == 0 or (arm in has_own and not own_reference):
             continue
-        row = rows.setdefault(arm, {"arm": arm, "minus": own[0] if own else reference})
-        cell = f"{p.mean:+.1f}" if math.isnan(p.low) else f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}]"
+        row = rows.setdefault(arm, {"arm": arm, "minus": own_reference[0] if own_reference else reference})
+        mean = round(p.mean, 1) + 0.0  # + 0.0: no "-0.0"
+        interval = p.interval_text(scale=1.0, digits=1)
+        cell = f"{mean:+.1f}" + ("" if p.n < MIN_T else f" {interval}")
         if task.startswith("average"):  # over the tasks the arm shares with its reference
             shared = sum(1 for t in tasks if t in row)
             row["average"] = f"{cell} (n={p.n}{'' if shared == len(tasks) else f', {shared}/{len(tasks)} tasks'})"
         else:
             row[task] = f"{cell} (n={p.n})"
-    return [{k: row.get(k, "–") for k in ("arm", "minus", *tasks, "average")} for row in rows.values()]
+    ordered = sorted(rows.values(), key=lambda row: arms.index(row["arm"]) if row["arm"] in arms else len(arms))
+    return [{k: row.get(k, "–") for k in ("arm", "minus", *tasks, "average")} for row in ordered]
 
 
 def lr_rows(records: list[dict[str, Any]], chosen: dict[str, dict[str, Any]],
@@ -286,7 +284,7 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
             paired_plot(results, reference, output / "paired.png")
             parts.append("![paired differences](paired.png)\n")
         own = own_reference_results(cells, tasks, arms)
-        parts.append(write_table(paired_wide_rows(results + own, tasks, reference), ["arm", "minus", *tasks, "average"],
+        parts.append(write_table(paired_wide_rows(results + own, tasks, arms, reference), ["arm", "minus", *tasks, "average"],
                                  output / "paired_wide",
                                  title="Paired differences at a glance: arm minus its reference, dev GLUE points, "
                                        "mean [95% t-interval] (paired seeds)"))

@@ -85,19 +85,26 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], metr
     return save_figure(fig, path)
 
 
+def panel_grid(n_panels: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Rows and columns for `n_panels` filled row by row (two columns past three panels), and
+    the lowest panel in use of each column, (row, column): the one that carries the x-axis."""
+    cols = 1 if n_panels <= 3 else 2
+    rows = math.ceil(n_panels / cols)
+    return rows, cols, [((n_panels - 1 - col) // cols, col) for col in range(min(cols, n_panels))]
+
+
 def paired_plot(results: list[tuple], reference: str, path: Path) -> Path:
     """One panel per arm: its mean difference from its reference (points) per task and on
     average, with the 95% t-interval where there is one (n >= 3) and a line at 0. An item is
-    (arm, task, Paired) against `reference`, or (arm, task, Paired, its own reference). Two
-    columns past three panels; one x-axis for all, so panels compare at a glance."""
+    (arm, task, Paired) against `reference`, or (arm, task, Paired, its own reference); one
+    figure holds one kind per arm. One x-axis for all, so panels compare at a glance."""
     import matplotlib.pyplot as plt
 
     arms = list(dict.fromkeys(item[0] for item in results))
     against = {item[0]: (item[3] if len(item) > 3 else reference) for item in results}
-    cols = 1 if len(arms) <= 3 else 2
-    rows = math.ceil(len(arms) / cols)
-    height = max(sum(1 for item in results if item[0] == arm) for arm in arms)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, rows * (0.9 + 0.42 * height)), squeeze=False,
+    rows, cols, bottoms = panel_grid(len(arms))
+    most_items = max(sum(1 for item in results if item[0] == arm) for arm in arms)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, rows * (0.9 + 0.42 * most_items)), squeeze=False,
                              sharex=True)
     for ax, arm in zip(axes.flat, arms):
         mine = [(task, p) for a, task, p, *_ in results if a == arm and p.n > 0]
@@ -116,8 +123,8 @@ def paired_plot(results: list[tuple], reference: str, path: Path) -> Path:
         ax.set_title(f"{arm} − {against[arm]}", fontsize=9)
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
-    for col in range(min(cols, len(arms))):  # the lowest panel in use of each column carries the x-axis
-        bottom = axes[(len(arms) - 1 - col) // cols, col]
+    for row, col in bottoms:
+        bottom = axes[row, col]
         bottom.xaxis.set_tick_params(labelbottom=True)
         bottom.set_xlabel("dev GLUE points, paired over seeds (bar: 95% t-interval; open dot: n < 3, "
                           "no interval)", fontsize=8)

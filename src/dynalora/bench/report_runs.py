@@ -100,30 +100,51 @@ def rank_use_rows(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
                                                f"{statistics.fmean(m['r'] for m in mine):.1f}")
 
 
+def dev_points(record: dict[str, Any]) -> float:
+    """The run's dev GLUE score x100; an undefined one (a correlation of constant predictions,
+    NaN) counts as 0, the score the majority line gives a regression task."""
+    value = record["dev"]["glue"]
+    return 100 * value if value is not None and math.isfinite(value) else 0.0
+
+
+def configuration(record: dict[str, Any]) -> str:
+    """What a run trained, without its task, seed and lr (a missing options dict is the empty one)."""
+    values = [record.get(k) or ({} if k in ("method_options", "settings") else None)
+              for k in KEY_FIELDS if k not in ("task", "seed", "lr")]
+    return json.dumps(values, sort_keys=True)
+
+
 def lr_sensitivity_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where one configuration ran at two or more lrs on the same task with the same seeds (an
-    arm's grid lr beside a variant trained at another arm's lr), the mean selection and dev
-    scores per lr over those seeds, and the lr the selection split prefers: whether a choice
-    made on that task's own selection split would have matched the protocol's (MRPC seed 0)."""
+    """Where one configuration ran at two or more lrs on the same task and seeds (an arm's grid
+    lr beside a variant trained at another arm's lr), the mean selection and dev scores per lr
+    over those seeds, and the lr the selection split prefers: whether a choice made on that
+    task's own selection split would have matched the protocol's (MRPC seed 0).
+
+    The lrs compared are those with at least two seeds, taken from the best-covered down, as
+    long as they still share two seeds; a run without a finite selection score is left out."""
     groups: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
-        config = json.dumps([r.get(k) for k in KEY_FIELDS if k not in ("task", "seed", "lr")], sort_keys=True)
-        groups[(r["task"], config)][lr_text(r["lr"])][r["seed"]] = r
+        if r.get("selection_score") is not None and math.isfinite(r["selection_score"]):
+            groups[(r["task"], configuration(r))][lr_text(r["lr"])][r["seed"]] = r
     rows = []
     for (task, _), by_lr in groups.items():
-        repeated = {lr: seeds for lr, seeds in by_lr.items() if len(seeds) >= 2}
-        common = set.intersection(*(set(s) for s in repeated.values())) if len(repeated) >= 2 else set()
-        if len(common) < 2:
+        multi_seed = sorted((lr for lr in by_lr if len(by_lr[lr]) >= 2), key=lambda lr: (-len(by_lr[lr]), float(lr)))
+        kept, common = multi_seed[:1], set(by_lr[multi_seed[0]]) if multi_seed else set()
+        for lr in multi_seed[1:]:
+            if len(common & set(by_lr[lr])) >= 2:
+                kept, common = [*kept, lr], common & set(by_lr[lr])
+        if len(kept) < 2:
             continue
-        scores = {lr: [100 * repeated[lr][s]["selection_score"] for s in sorted(common)] for lr in repeated}
-        best = max(scores, key=lambda lr: statistics.fmean(scores[lr]))
-        for lr in sorted(repeated, key=float):
-            mine = [repeated[lr][s] for s in sorted(common)]
-            wins = sum(scores[lr][k] >= max(v[k] for v in scores.values()) for k in range(len(common)))
-            rows.append({"task": task, "arms": ", ".join(sorted({r["arm"] for r in mine})), "lr": lr,
-                         "seeds": ",".join(str(s) for s in sorted(common)),
-                         "selection (mean)": f"{statistics.fmean(scores[lr]):.2f}",
-                         "seeds it leads on selection": wins,
-                         "dev (mean)": f"{statistics.fmean(100 * r['dev']['glue'] for r in mine):.2f}",
-                         "selection picks": "yes" if lr == best else ""})
+        seeds = sorted(common)
+        scores = {lr: [100 * by_lr[lr][s]["selection_score"] for s in seeds] for lr in kept}
+        means = {lr: round(statistics.fmean(v), 2) for lr, v in scores.items()}
+        tied = sum(1 for m in means.values() if m == max(means.values())) > 1
+        for lr in sorted(kept, key=float):
+            best_on = sum(all(scores[lr][k] > scores[other][k] for other in kept if other != lr)
+                          for k in range(len(seeds)))
+            rows.append({"task": task, "arms": ", ".join(sorted({by_lr[lr][s]["arm"] for s in seeds})), "lr": lr,
+                         "seeds": ",".join(str(s) for s in seeds), "selection (mean)": f"{means[lr]:.2f}",
+                         "seeds where it is best": best_on,
+                         "dev (mean)": f"{statistics.fmean(dev_points(by_lr[lr][s]) for s in seeds):.2f}",
+                         "selection picks": ("yes (tie)" if tied else "yes") if means[lr] == max(means.values()) else ""})
     return rows
