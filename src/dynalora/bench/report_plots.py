@@ -69,10 +69,10 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], metr
             ax.grid(axis="y", which="major", color="0.75", linewidth=0.8)
             if line is not None and on_axis:
                 ax.axhline(line, color="tab:red", linestyle="--", linewidth=1, label="majority class")
-                ax.legend(fontsize=7, loc="lower right")
+                ax.legend(fontsize=7, loc="best")
             elif line is not None:
                 off = Line2D([], [], color="tab:red", linestyle="--", linewidth=1)
-                ax.legend([off], [f"majority class {line:.1f} (off the axis)"], fontsize=7, loc="lower right")
+                ax.legend([off], [f"majority class {line:.1f} (off the axis)"], fontsize=7, loc="best")
         ax.set_xticks(range(len(shown)), shown, rotation=40, ha="right", fontsize=8)
         ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
         ax.set_title(f"{task}: dev {metric_names[task]}", fontsize=9)
