@@ -16,6 +16,7 @@ from training_helpers import make_sst_dir, make_tiny_model
 from dynalora.adapters.config import ConfigError
 from dynalora.bench import protocol_runner, protocol_worker
 from dynalora.bench.protocol import (
+    MAIN_TASKS,
     Arm,
     Job,
     Protocol,
@@ -303,7 +304,11 @@ def test_report_is_rebuilt_from_the_records_alone(tmp_path):
 def test_paper_protocol_plan_and_cli(tmp_path, capsys):
     protocol = paper_protocol()
     assert [t.name for t in protocol.tiers] == ["0", "1", "2", "ablation", "ablation-extra", "3", "sst2",
-                                                   "low-rank", "low-rank-wide"]
+                                                   "low-rank", "low-rank-wide", "lora-lr-wide"]
+    # dynamic LoRA at LoRA's lr on tier 1's tasks and seeds, paired with LoRA in the main table
+    wide = protocol.tier("lora-lr-wide")
+    assert (wide.arms, wide.tasks, wide.seeds) == (("dynamic:lora-lr",), MAIN_TASKS, protocol.tier("1").seeds)
+    assert protocol.arm("dynamic:lora-lr").lr_from == "lora"
     # the issue's three mechanisms (weights, input statistic, reallocation) come first
     assert protocol.tier("ablation").arms == ("dynamic", "dynamic:lora-lr", "dynamic:no-lr-weights",
                                               "dynamic:no-reallocation", "dynamic:input-statistic")

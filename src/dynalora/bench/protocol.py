@@ -183,6 +183,12 @@ LOW_RANK_ARMS = ("lora-r2", "dynamic-r2", "dynamic-r2-target-pooled")
 # tasks dynamic-r2 - lora-r2 was +1.2 (95% CI -1.0 to +3.4), the only budget where the reallocation
 # may pay; the same two arms on tier 1's four tasks and 5 seeds give it tier 1's resolution.
 LOW_RANK_WIDE_ARMS = ("lora-r2", "dynamic-r2")
+# lora-lr-wide, added on 2026-11-29 at 19:30 UTC after tier 1 was complete (post hoc, so
+# exploratory): tier 1 puts dynamic LoRA 2.6 points behind LoRA at the lr its grid chose (1e-3,
+# from MRPC seed 0), while at LoRA's lr (3e-4, which each task's own selection split prefers where
+# both ran) it was level on MRPC and CoLA over 3 seeds. This runs it on all four tasks and 5
+# seeds (14 new runs), so "the method or its lr?" is answered at tier 1's resolution.
+LORA_LR_WIDE_ARMS = ("dynamic:lora-lr",)
 BASELINE_ARMS = ("full", "head", "adapter", "bitfit")
 # A variant's `tier`: "ablation" (one mechanism of the issue's list removed: weights, input
 # statistic, reallocation) or "ablation-extra" (other options worth a look), run after the
@@ -237,6 +243,9 @@ def paper_protocol(ablation_file: Path = ABLATION_FILE) -> Protocol:
         Tier("low-rank", LOW_RANK_ARMS, tasks=("cola", "stsb"), seeds=(0, 1, 2)),
         # its two main arms on all four tasks and 5 seeds (the low-rank runs above count here too)
         Tier("low-rank-wide", LOW_RANK_WIDE_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4)),
+        # dynamic LoRA at LoRA's lr on tier 1's tasks and seeds (see LORA_LR_WIDE_ARMS)
+        *([Tier("lora-lr-wide", LORA_LR_WIDE_ARMS, tasks=MAIN_TASKS, seeds=(0, 1, 2, 3, 4))]
+          if set(LORA_LR_WIDE_ARMS) <= {a.name for a in variants} else []),
     )
     shared = {"epochs": MAX_EPOCHS, "min_epochs": MIN_EPOCHS, "early_stopping_patience": PATIENCE,
               "selection": "split", "batch_size": 32, "rank": 8, "alpha": 16.0, "max_length": 128,
