@@ -103,3 +103,21 @@ def test_lr_sensitivity_keeps_the_lrs_that_share_seeds_and_marks_ties():
     assert rows["0.001"]["selection picks"] == rows["0.0003"]["selection picks"] == "yes (tie)"
     assert rows["0.001"]["seeds where it is best"] == 0  # a tie is nobody's win
     assert rows["0.001"]["dev (mean)"] == "0.00"  # an undefined dev score counts as 0, as elsewhere
+
+
+def test_the_summary_shows_the_preset_arms_by_name_with_the_majority_line_and_table2(tmp_path):
+    from dynalora.bench.report_summary import summary_text
+
+    table1 = [{"arm": "lora", "mrpc": "84.10 ± 1.45 (n=5)", "GLUE average": "84.10"},
+              {"arm": "dynamic:lora-lr", "mrpc": "84.13 ± 1.58 (n=3)", "GLUE average": "84.13"}]
+    wide = [{"arm": "dynamic", "minus": "lora", "mrpc": "-2.0 [-4.0, -0.1] (n=5)", "average": "-2.0 (n=5)"},
+            {"arm": "dynamic-r2", "minus": "lora-r2", "mrpc": "+1.0 (n=1)", "average": "+1.0 (n=1)"}]
+    (tmp_path / "table2.csv").write_text(
+        "arm,rounds,s_per_step,latency_b1_ms,latency_b32_ms,trainable_share_pct,peak_rss_mb\n"
+        "lora,3,1.0,32.0,900,1.443,1600\nhead,3,0.4,33.0,940,0.0034,800\n")
+    text = summary_text(table1, wide, ["mrpc"], {"mrpc": 74.8}, "lora", tmp_path / "table2.csv")
+    assert "| LoRA | 84.10 ± 1.45 (n=5) | 84.10 |" in text and "lora-lr" not in text  # pre-set arms only
+    assert "| majority class | 74.80 |  |" in text
+    assert "| dynamic LoRA | −2.0 [−4.0, −0.1] (n=5) | −2.0 (n=5) |" in text and "lora-r2" not in text
+    assert "| feature extraction (head) | 0.40 | 0.40 | 33.0 | 940 | 0.003 | 800 |" in text
+    assert "Table 2" not in summary_text(table1, wide, ["mrpc"], {"mrpc": None}, "lora", tmp_path / "none.csv")

@@ -39,6 +39,7 @@ from dynalora.bench.report_runs import (
     lr_sensitivity_rows,
     rank_use_rows,
 )
+from dynalora.bench.report_summary import summary_text, write_summary
 from dynalora.bench.stats import MIN_T, MIN_WILCOXON, Paired, paired
 from dynalora.data import get_task
 from dynalora.files import atomic_path
@@ -270,9 +271,11 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
     metric_note = "; ".join(f"{t}: {glue_metric_name(t)}" for t in tasks)
     parts = [f"# Protocol report\n\nFrom {records_path} ({len(records)} records, {len(runs)} counted). "
              f"Dev GLUE score x100 of the checkpoint chosen on the selection split ({metric_note}).\n"]
-    parts.append(write_table(table1(balanced(cells), tasks, arms), ["arm", *tasks, "GLUE average"], output / "table1",
+    table1_rows = table1(balanced(cells), tasks, arms)
+    parts.append(write_table(table1_rows, ["arm", *tasks, "GLUE average"], output / "table1",
                              title="Table 1: dev GLUE score, mean ± std over seeds (the main arms "
                                    f"{', '.join(MAIN_ARMS)}: the seeds all of them have on the task)"))
+    wide: list[dict[str, Any]] = []
     if reference in arms:
         note = (f"Each arm minus {reference}, seed by seed, in points; 95% t-interval over paired seeds; "
                 f"two-sided Wilcoxon signed-rank p (n < {MIN_WILCOXON}: n too small; at n = 5 the smallest "
@@ -284,7 +287,8 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
             paired_plot(results, reference, output / "paired.png")
             parts.append("![paired differences](paired.png)\n")
         own = own_reference_results(cells, tasks, arms)
-        parts.append(write_table(paired_wide_rows(results + own, tasks, arms, reference), ["arm", "minus", *tasks, "average"],
+        wide = paired_wide_rows(results + own, tasks, arms, reference)
+        parts.append(write_table(wide, ["arm", "minus", *tasks, "average"],
                                  output / "paired_wide",
                                  title="Paired differences at a glance: arm minus its reference, dev GLUE points, "
                                        "mean [95% t-interval] (paired seeds)"))
@@ -341,6 +345,9 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
                                  title="Warning: an arm's runs were trained under different method settings "
                                        "(a default changed between records); its figures mix them"))
     parts.append(progress_table(paper_protocol(), records, {arm: float(c["lr"]) for arm, c in chosen.items()}, output))
+    write_summary(output / "summary.md", summary_text(table1_rows, wide, tasks,
+                                                      {t: majority_line(runs, t) for t in tasks}, reference,
+                                                      output / "table2.csv"))
     if runs:  # nothing to plot while every grid is incomplete
         dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
                  output / "dots.png")
