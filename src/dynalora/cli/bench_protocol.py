@@ -22,10 +22,12 @@ def positive(text: str) -> int:
 def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("protocol (--profile paper)")
     group.add_argument("--tier", nargs="+", metavar="TIER",
-                       help="tiers to run, in this order: 0 (lr grid of lora, dynamic, peft-adalora), 1 (5 paired "
-                            "seeds on MRPC, RTE, STS-B, CoLA), 2 (lora-qv, rank1), ablation (dynamic with one mechanism "
-                            "removed), ablation-extra (other dynamic variants), 3 (full, head, adapter, bitfit), sst2, low-rank (exploratory: lora and dynamic, also with rank_rule=target, at r=2 on CoLA "
-                            "and STS-B) (default: all, in that order)")
+                       help="tiers to run, in the order given: 0 (lr grid of lora, dynamic, peft-adalora), 1 (5 "
+                            "paired seeds on MRPC, RTE, STS-B, CoLA), 2 (lora-qv, rank1), ablation (dynamic with one "
+                            "mechanism removed), ablation-extra (other dynamic variants), 3 (full, head, adapter, "
+                            "bitfit), sst2, and the exploratory low-rank (lora and dynamic at r=2 on CoLA and STS-B), "
+                            "low-rank-wide (the same on tier 1's tasks and seeds) and lora-lr-wide (dynamic at LoRA's "
+                            "lr on tier 1's tasks and seeds); PROTOCOL.md defines each (default: all, in that order)")
     group.add_argument("--records", default=DEFAULT_RECORDS, metavar="FILE",
                        help=f"runs.jsonl: one line per finished run; recorded runs are skipped (default: "
                             f"{DEFAULT_RECORDS}); lr_choice.json is written next to it")
