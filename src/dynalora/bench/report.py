@@ -345,12 +345,11 @@ def write_report(records_path: Path, output: Path, reference: str = "lora") -> s
                                  title="Warning: an arm's runs were trained under different method settings "
                                        "(a default changed between records); its figures mix them"))
     parts.append(progress_table(paper_protocol(), records, {arm: float(c["lr"]) for arm, c in chosen.items()}, output))
-    write_summary(output / "summary.md", summary_text(table1_rows, wide, tasks,
-                                                      {t: majority_line(runs, t) for t in tasks}, reference,
+    majority = {t: majority_line(runs, t) for t in tasks}
+    write_summary(output / "summary.md", summary_text(table1_rows, wide, tasks, majority, reference,
                                                       output / "table2.csv"))
     if runs:  # nothing to plot while every grid is incomplete
-        dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, {t: majority_line(runs, t) for t in tasks},
-                 output / "dots.png")
+        dot_plot(runs, tasks, arms, {t: glue_metric_name(t) for t in tasks}, majority, output / "dots.png")
         parts.append("![every seed per task](dots.png)\n")
     text = "\n".join(parts)
     with atomic_path(output / "report.md") as tmp:

@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from dynalora.analysis.tables import markdown_table
 from dynalora.files import atomic_path
 
 ARM_TITLES = {"lora": "LoRA", "dynamic": "dynamic LoRA", "peft-adalora": "PEFT AdaLoRA",
@@ -21,8 +22,7 @@ TASK_TITLES = {"mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "cola": "CoLA", "s
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return markdown_table([dict(zip(header, row)) for row in rows], header)
 
 
 def _minus(text: str) -> str:

@@ -77,7 +77,7 @@ def arm_spec(name: str, task: str, steps: int, data_dir: str | None, model: str 
              "output": str(folder), "epochs": 1.0, "batch_size": settings["batch_size"], "rank": settings["rank"],
              "alpha": settings["alpha"], "max_length": settings["max_length"],
              "max_train_samples": steps * settings["batch_size"], "max_eval_samples": 64, "progress": False}
-    train.update({k: v for k, v in arm.overrides.items() if k not in train})  # any other TrainConfig field
+    train.update(arm.overrides)  # every TrainConfig field the arm sets, rank and alpha included
     return {"arm": name, "train": train}
 
 
