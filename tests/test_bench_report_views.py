@@ -121,3 +121,11 @@ def test_the_summary_shows_the_preset_arms_by_name_with_the_majority_line_and_ta
     assert "| dynamic LoRA | −2.0 [−4.0, −0.1] (n=5) | −2.0 (n=5) |" in text and "lora-r2" not in text
     assert "| feature extraction (head) | 0.40 | 0.40 | 33.0 | 940 | 0.003 | 800 |" in text
     assert "Table 2" not in summary_text(table1, wide, ["mrpc"], {"mrpc": None}, "lora", tmp_path / "none.csv")
+
+
+def test_the_dot_plot_draws_an_undefined_dev_score_as_the_tables_count_it(tmp_path):
+    from dynalora.bench.report_plots import dot_plot
+
+    runs = [{"task": "stsb", "arm": "lora", "seed": s, "dev": {"glue": v}} for s, v in enumerate([0.86, float("nan"), None])]
+    path = dot_plot(runs, ["stsb"], ["lora"], {"stsb": "Pearson"}, {"stsb": 0.0}, tmp_path / "dots.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # None and NaN count as 0, as in Table 1

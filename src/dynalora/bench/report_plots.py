@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from dynalora.analysis.plots import save_figure
+from dynalora.bench.report_runs import dev_points
 
 
 def point_step(low: float, high: float) -> float:
@@ -51,7 +52,7 @@ def dot_plot(runs: list[dict[str, Any]], tasks: list[str], arms: list[str], metr
         values_seen, shown = [], []
         for arm in arms:
             mine = sorted((r for r in runs if r["task"] == task and r["arm"] == arm), key=lambda r: r["seed"])
-            ys = [100 * r["dev"]["glue"] for r in mine]
+            ys = [dev_points(r) for r in mine]  # as the tables count them (an undefined score: 0)
             if not ys:
                 continue
             x = len(shown)
